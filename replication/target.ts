@@ -1,0 +1,47 @@
+// The one interface every repository target implements: a flat key/value object store with
+// conditional create. The repository format (docs/repository-format.md) is written on top of it,
+// identically on a local directory, an S3-compatible store and a remote Lifeboat site.
+
+export interface ObjectInfo {
+  key: string;
+  size: number;
+}
+
+export interface PutOptions {
+  /** Create only: fail with AlreadyExistsError when the key exists (S3 `If-None-Match: *`). */
+  ifNoneMatch?: boolean;
+}
+
+export interface ByteRange {
+  offset: number;
+  length: number;
+}
+
+export interface Target {
+  /** Human-readable location, safe to print (no secrets). */
+  readonly description: string;
+  /** Durable when the promise resolves (fsync on local disks; a completed request on S3). */
+  put(key: string, body: Buffer, options?: PutOptions): Promise<void>;
+  /** Throws NotFoundError when the key is absent. */
+  get(key: string, range?: ByteRange): Promise<Buffer>;
+  /** null when the key is absent. */
+  head(key: string): Promise<ObjectInfo | null>;
+  /** Every key beginning with `prefix`, in no particular order. */
+  list(prefix: string): AsyncIterable<ObjectInfo>;
+  /** Deleting an absent key is not an error; a retention-locked key throws ObjectLockedError. */
+  delete(key: string): Promise<void>;
+  close(): Promise<void>;
+}
+
+export class TargetError extends Error {
+  constructor(message: string, readonly key?: string) {
+    super(message);
+    this.name = new.target.name;
+  }
+}
+export class NotFoundError extends TargetError {}
+export class AlreadyExistsError extends TargetError {}
+export class ObjectLockedError extends TargetError {}
+export class AuthError extends TargetError {}
+/** The server cannot do conditional writes: features that need them must refuse to run. */
+export class ConditionalWritesUnsupportedError extends TargetError {}
