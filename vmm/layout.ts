@@ -59,3 +59,12 @@ export function virtioGsi(index: number): number {
   if (gsi > VIRTIO_LAST_GSI) throw new Error(`too many virtio devices: at most ${VIRTIO_LAST_GSI - VIRTIO_FIRST_GSI + 1}`);
   return gsi;
 }
+
+/**
+ * ACPI hardware-reduced sleep registers (FADT SLEEP_CONTROL_REG / SLEEP_STATUS_REG), one byte each.
+ * Linux's `poweroff` writes ACPI_POWER_OFF_VALUE (vmm/acpi/tables.ts) to the control port.
+ */
+export const ACPI_SLEEP_CONTROL_PORT = 0x600;
+export const ACPI_SLEEP_STATUS_PORT = 0x601;
+/** The IOAPIC's input pins: GSIs 0..23. */
+export const IOAPIC_PIN_COUNT = 24;

@@ -1,0 +1,5 @@
+/** Bytes the VMM copies into guest memory at a guest physical address. */
+export interface GuestWrite {
+  readonly gpa: number;
+  readonly bytes: Uint8Array;
+}
