@@ -1,0 +1,149 @@
+// Row-shaped records the catalog reads and writes. Plain data only: the catalog imports nothing of
+// ours, and callers (replication, the agent) adapt their own types to these.
+
+/**
+ * How consistent a point's images are: `crash` (copied while the VM ran; like a power cut at an
+ * instant), `paused` (taken while the VM was paused), `application` (the guest flushed and agreed),
+ * `offline` (the VM was not running).
+ */
+export const CONSISTENCY_KINDS = ['crash', 'paused', 'application', 'offline'] as const;
+export type ConsistencyKind = (typeof CONSISTENCY_KINDS)[number];
+
+export const POINT_STATES = ['complete', 'deleting', 'damaged'] as const;
+export type PointState = (typeof POINT_STATES)[number];
+
+export const TARGET_KINDS = ['local', 's3', 'site'] as const;
+export type TargetKind = (typeof TARGET_KINDS)[number];
+
+export const JOB_STATES = ['queued', 'running', 'succeeded', 'failed', 'cancelled'] as const;
+export type JobState = (typeof JOB_STATES)[number];
+
+export const EVENT_LEVELS = ['debug', 'info', 'warn', 'error'] as const;
+export type EventLevel = (typeof EVENT_LEVELS)[number];
+
+/** Times are ISO-8601 UTC strings with milliseconds (`Date.prototype.toISOString`), so they sort as text. */
+export type IsoTime = string;
+
+export interface SiteRecord {
+  id: string;
+  name: string;
+  /** null for the site this catalog lives at. */
+  url: string | null;
+}
+
+export interface TargetRecord {
+  id: string;
+  kind: TargetKind;
+  /** Printable location (a path, a bucket URL, a site URL); never a secret. */
+  location: string;
+  siteId: string | null;
+}
+
+export interface VmRecord {
+  id: string;
+  name: string;
+  siteId: string | null;
+}
+
+export interface DiskRecord {
+  vmId: string;
+  name: string;
+  sizeBytes: number;
+}
+
+/** One use of a chunk by a point. A point may list the same chunk several times (e.g. zero blocks). */
+export interface ChunkReference {
+  id: string;
+  /** Plain (uncompressed, unencrypted) length. */
+  size: number;
+  /** Length as stored on the target (compressed, encrypted, framed). */
+  storedSize: number;
+  /** The pack holding the chunk, or null when the chunk is stored as its own object. */
+  pack: string | null;
+}
+
+/** A stored chunk as a rebuild source reports it (from pack indexes), referenced or not. */
+export type ChunkRecord = ChunkReference;
+
+/** Everything needed to index one recovery point: what `recordPoint` and rebuild sources take. */
+export interface PointRecord {
+  id: string;
+  vmId: string;
+  targetId: string;
+  /** The point this one was taken incrementally against; a lineage note, it may since have been pruned. */
+  parentId: string | null;
+  consistency: ConsistencyKind;
+  createdAt: IsoTime;
+  /** Bytes of disk contents the point restores (sum of its disks' sizes). */
+  logicalBytes: number;
+  /** Bytes this point added to the target when it was written. */
+  storedBytes: number;
+  state: PointState;
+  /** The point holds a memory image too (it can be resumed, not only booted). */
+  hasMemory: boolean;
+  /** The VM's display name, used when the point is the first the catalog hears of the VM. */
+  vmName?: string;
+  disks: { name: string; sizeBytes: number }[];
+  chunks: ChunkReference[];
+}
+
+/** A recovery point as listed by the catalog (without its chunk list). */
+export interface PointRow {
+  id: string;
+  vmId: string;
+  targetId: string;
+  parentId: string | null;
+  consistency: ConsistencyKind;
+  createdAt: IsoTime;
+  logicalBytes: number;
+  storedBytes: number;
+  state: PointState;
+  hasMemory: boolean;
+}
+
+export interface ChunkRow extends ChunkReference {
+  targetId: string;
+  /** How many recovery points reference the chunk (each point counts once). */
+  refcount: number;
+}
+
+export interface PointChunkRow {
+  pointId: string;
+  chunkId: string;
+  /** How many times the point lists the chunk. */
+  uses: number;
+}
+
+export interface JobRow {
+  id: number;
+  kind: string;
+  vmId: string | null;
+  targetId: string | null;
+  state: JobState;
+  startedAt: IsoTime;
+  finishedAt: IsoTime | null;
+  progressDone: number;
+  progressTotal: number | null;
+  error: string | null;
+}
+
+export interface EventInput {
+  level: EventLevel;
+  kind: string;
+  message: string;
+  details?: unknown;
+  vmId?: string | null;
+  jobId?: number | null;
+  time?: IsoTime;
+}
+
+export interface EventRow {
+  id: number;
+  time: IsoTime;
+  level: EventLevel;
+  kind: string;
+  message: string;
+  details: unknown;
+  vmId: string | null;
+  jobId: number | null;
+}

@@ -1,0 +1,233 @@
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import {
+  LATEST_SCHEMA_VERSION,
+  compareCatalogs,
+  dumpCatalog,
+  openCatalog,
+  rebuildCatalog,
+  type Catalog,
+  type ChunkReference,
+  type PointRecord,
+  type RebuildSource,
+} from '../../catalog/index.js';
+
+const TARGET = { id: 'local-1', kind: 'local' as const, location: '/srv/lifeboat/repo', siteId: null };
+
+function chunk(n: number, pack = `pack-${Math.floor(n / 4)}`): ChunkReference {
+  return { id: `c${String(n).padStart(4, '0')}`, size: 65536, storedSize: 40000 + n, pack };
+}
+
+function point(id: string, createdAt: string, chunkNumbers: number[], parentId: string | null = null): PointRecord {
+  return {
+    id,
+    vmId: 'vm-web',
+    targetId: TARGET.id,
+    parentId,
+    consistency: 'paused',
+    createdAt,
+    logicalBytes: chunkNumbers.length * 65536,
+    storedBytes: 1000,
+    state: 'complete',
+    hasMemory: false,
+    vmName: 'web server',
+    disks: [{ name: 'root', sizeBytes: chunkNumbers.length * 65536 }],
+    chunks: chunkNumbers.map((n) => chunk(n)),
+  };
+}
+
+function sourceOf(points: PointRecord[], chunks?: ChunkReference[]): RebuildSource {
+  return {
+    target: TARGET,
+    async *listPoints() {
+      // Deliberately not in creation order: a repository lists manifests in any order.
+      for (const p of [...points].reverse()) yield p;
+    },
+    ...(chunks && {
+      async *listChunks() {
+        yield* chunks;
+      },
+    }),
+  };
+}
+
+describe('catalog', () => {
+  let dir: string;
+  const open: Catalog[] = [];
+  const openHere = (name = 'catalog.db'): Catalog => {
+    const c = openCatalog(join(dir, name));
+    open.push(c);
+    return c;
+  };
+
+  beforeEach(() => {
+    dir = mkdtempSync(join(tmpdir(), 'lifeboat-catalog-'));
+  });
+  afterEach(() => {
+    for (const c of open.splice(0)) c.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('a fresh file is migrated to the latest schema, in WAL mode with foreign keys on', () => {
+    const c = openHere();
+    assert.equal(c.schemaVersion(), LATEST_SCHEMA_VERSION);
+    assert.equal(c.db.pragma('journal_mode', { simple: true }), 'wal');
+    assert.equal(c.db.pragma('foreign_keys', { simple: true }), 1);
+    const applied = c.db.prepare('SELECT version FROM schema_migrations ORDER BY version').all() as { version: number }[];
+    assert.deepEqual(applied.map((r) => r.version), Array.from({ length: LATEST_SCHEMA_VERSION }, (_, i) => i + 1));
+  });
+
+  it('reopening an existing catalog keeps its data and runs no migration twice', () => {
+    const c = openHere();
+    c.upsertTarget(TARGET);
+    c.recordPoint(point('p1', '2025-01-01T00:00:00.000Z', [1, 2, 3]));
+    c.close();
+    const again = openHere();
+    assert.equal((again.db.prepare('SELECT count(*) AS n FROM schema_migrations').get() as { n: number }).n, LATEST_SCHEMA_VERSION);
+    assert.deepEqual(again.listPoints().map((p) => p.id), ['p1']);
+    assert.equal(again.getVm('vm-web')?.name, 'web server', 'the first point of a VM registers it under its name');
+  });
+
+  it('recording the same point twice changes nothing, and counts each chunk once per point', () => {
+    const c = openHere();
+    c.upsertTarget(TARGET);
+    const p = point('p1', '2025-01-01T00:00:00.000Z', [1, 2, 2, 2, 3]);
+    assert.deepEqual(c.recordPoint(p), { recorded: true });
+    const before = dumpCatalog(c);
+    assert.deepEqual(c.recordPoint(p), { recorded: false });
+    assert.deepEqual(dumpCatalog(c), before);
+    assert.equal(c.getChunk(TARGET.id, 'c0002')?.refcount, 1);
+    assert.deepEqual(
+      c.pointChunks('p1').map((r) => [r.chunkId, r.uses]),
+      [['c0001', 1], ['c0002', 3], ['c0003', 1]],
+    );
+    assert.throws(() => c.recordPoint({ ...p, storedBytes: 5 }), /already in the catalog with different contents/);
+  });
+
+  it('reference counts follow points being recorded and forgotten; garbage collection sees exactly the orphans', () => {
+    const c = openHere();
+    c.upsertTarget(TARGET);
+    c.recordPoint(point('p1', '2025-01-01T00:00:00.000Z', [1, 2, 3]));
+    c.recordPoint(point('p2', '2025-01-02T00:00:00.000Z', [2, 3, 4], 'p1'));
+    c.recordPoint(point('p3', '2025-01-03T00:00:00.000Z', [3, 4, 5], 'p2'));
+    const counts = () => Object.fromEntries(c.listChunks(TARGET.id).map((ch) => [ch.id, ch.refcount]));
+    assert.deepEqual(counts(), { c0001: 1, c0002: 2, c0003: 3, c0004: 2, c0005: 1 });
+
+    assert.equal(c.forgetPoint('p1'), 1);
+    assert.deepEqual(counts(), { c0001: 0, c0002: 1, c0003: 2, c0004: 2, c0005: 1 });
+    assert.deepEqual(c.unreferencedChunks(TARGET.id).map((ch) => ch.id), ['c0001']);
+    assert.throws(() => c.deleteUnreferencedChunks(TARGET.id, ['c0001', 'c0002']), /still referenced/);
+    assert.equal(c.getChunk(TARGET.id, 'c0001')?.refcount, 0, 'a refused deletion changes nothing');
+    assert.equal(c.deleteUnreferencedChunks(TARGET.id, ['c0001']), 1);
+    assert.equal(c.forgetPoint('p1'), 0, 'forgetting an absent point is a no-op');
+    assert.equal(c.getPoint('p2')?.parentId, 'p1', 'the parent is lineage, not a foreign key');
+  });
+
+  it('a point is recorded whole or not at all', () => {
+    const c = openHere();
+    c.upsertTarget(TARGET);
+    const broken = point('p1', '2025-01-01T00:00:00.000Z', [1, 2]);
+    broken.disks = [{ name: 'root', sizeBytes: 1 }, { name: 'root', sizeBytes: 2 }]; // duplicate disk: fails mid-way
+    assert.throws(() => c.recordPoint(broken));
+    assert.equal(c.listPoints().length, 0);
+    assert.equal(c.listChunks(TARGET.id).length, 0);
+    assert.throws(() => c.recordPoint({ ...point('p2', '2025-01-01T00:00:00.000Z', [1]), targetId: 'nowhere' }), /target nowhere is not in the catalog/);
+  });
+
+  it('a catalog rebuilt from the repository equals the one kept up to date incrementally', async () => {
+    const original = openHere('original.db');
+    original.upsertTarget(TARGET);
+    const points = [
+      point('p1', '2025-01-01T00:00:00.000Z', [1, 2, 3, 4]),
+      point('p2', '2025-01-02T00:00:00.000Z', [1, 2, 5, 5], 'p1'),
+      point('p3', '2025-01-03T00:00:00.000Z', [6, 2, 5, 7], 'p2'),
+      point('p4', '2025-01-04T00:00:00.000Z', [8, 9, 5, 7], 'p3'),
+    ];
+    for (const p of points) original.recordPoint(p);
+    original.forgetPoint('p1'); // retention
+    const gcDeleted = original.unreferencedChunks(TARGET.id).map((ch) => ch.id);
+    original.deleteUnreferencedChunks(TARGET.id, gcDeleted); // garbage collection
+    original.setPointState('p4', 'complete');
+    original.addEvent({ level: 'info', kind: 'backup', message: 'local history, not rebuilt' });
+
+    const rebuilt = openHere('rebuilt.db');
+    const summary = await rebuildCatalog(rebuilt, sourceOf(points.slice(1)));
+    assert.equal(summary.points, 3);
+    assert.deepEqual(compareCatalogs(original, rebuilt), []);
+    assert.equal(JSON.stringify(dumpCatalog(original)), JSON.stringify(dumpCatalog(rebuilt)));
+    assert.ok(dumpCatalog(rebuilt).tables.chunks.length > 0);
+
+    // A catalog whose counts drifted (bug, hand edit) is repaired by rebuilding it in place.
+    original.db.prepare("UPDATE chunks SET refcount = 7 WHERE id = 'c0005'").run();
+    assert.notDeepEqual(compareCatalogs(original, rebuilt), []);
+    await rebuildCatalog(original, sourceOf(points.slice(1)));
+    assert.deepEqual(compareCatalogs(original, rebuilt), []);
+    assert.equal(original.listEvents().length, 1, 'rebuild leaves local history alone');
+  });
+
+  it('a rebuild keeps stored chunks no point references yet when the source lists the pack indexes', async () => {
+    const c = openHere();
+    const stored = [chunk(1), chunk(2), chunk(99, 'pack-orphan')];
+    await rebuildCatalog(c, sourceOf([point('p1', '2025-01-01T00:00:00.000Z', [1, 2])], stored));
+    assert.deepEqual(c.unreferencedChunks(TARGET.id).map((ch) => [ch.id, ch.pack]), [['c0099', 'pack-orphan']]);
+  });
+
+  it('a rebuild from a failing source leaves the catalog as it was', async () => {
+    const c = openHere();
+    c.upsertTarget(TARGET);
+    c.recordPoint(point('p1', '2025-01-01T00:00:00.000Z', [1]));
+    const before = dumpCatalog(c);
+    const failing: RebuildSource = {
+      target: TARGET,
+      async *listPoints() {
+        yield point('p9', '2025-01-09T00:00:00.000Z', [9]);
+        throw new Error('manifest unreadable');
+      },
+    };
+    await assert.rejects(rebuildCatalog(c, failing), /manifest unreadable/);
+    assert.deepEqual(dumpCatalog(c), before);
+  });
+
+  it('jobs record state, progress and errors; events keep JSON details', () => {
+    const c = openHere();
+    const job = c.startJob({ kind: 'backup', vmId: 'vm-web', progressTotal: 100 });
+    c.updateJobProgress(job, 40);
+    assert.equal(c.getJob(job)?.progressDone, 40);
+    c.finishJob(job, { state: 'failed', error: 'target unreachable' });
+    const row = c.getJob(job)!;
+    assert.equal(row.state, 'failed');
+    assert.equal(row.error, 'target unreachable');
+    assert.ok(row.finishedAt);
+    assert.throws(() => c.updateJobProgress(job, 50), /not queued or running/);
+    c.addEvent({ level: 'error', kind: 'backup.failed', message: 'backup of vm-web failed', details: { bytes: 5, reasons: ['timeout'] }, jobId: job });
+    assert.deepEqual(c.listEvents({ kind: 'backup.failed' }).map((e) => e.details), [{ bytes: 5, reasons: ['timeout'] }]);
+  });
+
+  it('a file from a newer Lifeboat is refused with a message saying so', () => {
+    const c = openHere();
+    c.db.prepare("INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, 'future', 'x')").run(LATEST_SCHEMA_VERSION + 1);
+    c.close();
+    assert.throws(() => openHere(), /written by a newer Lifeboat \(schema version \d+, this Lifeboat knows up to \d+\); upgrade Lifeboat/);
+  });
+
+  it('an SQLite file of another program is refused and left untouched', () => {
+    const path = join(dir, 'other.db');
+    const other = new Database(path);
+    other.exec("CREATE TABLE notes (body TEXT); INSERT INTO notes VALUES ('keep me')");
+    other.close();
+    assert.throws(() => openCatalog(path), (err: Error) => err.message === `${path} is an SQLite database but not a Lifeboat catalog; move it aside or choose another catalog path`);
+    const check = new Database(path);
+    assert.deepEqual(check.prepare('SELECT body FROM notes').all(), [{ body: 'keep me' }]);
+    assert.equal(check.prepare("SELECT count(*) AS n FROM sqlite_master WHERE name = 'schema_migrations'").pluck().get(), 0);
+    check.close();
+  });
+
+  it('a garbage file is refused with one clear line', () => {
+    const path = join(dir, 'garbage.db');
+    writeFileSync(path, Buffer.alloc(8192, 0x5a));
+    assert.throws(() => openCatalog(path), (err: Error) => err.message === `${path} is not a Lifeboat catalog (not an SQLite database); move it aside or choose another catalog path`);
+  });
+});
