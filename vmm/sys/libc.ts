@@ -183,3 +183,16 @@ export function pthreadKill(thread: bigint, signal: number): void {
 }
 
 export const SIGUSR2 = 12;
+
+/** write() until every byte is written (a pipe may take fewer); retries EINTR. */
+export function writeAll(fd: number, data: Uint8Array): void {
+  let done = 0;
+  while (done < data.length) {
+    const n = writeFn(fd, done === 0 ? data : data.subarray(done), data.length - done) as number;
+    if (n < 0) {
+      if (koffi.errno() === EINTR) continue;
+      throw new SysError('write', koffi.errno());
+    }
+    done += n;
+  }
+}

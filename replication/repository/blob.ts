@@ -1,0 +1,93 @@
+// A blob as stored in a pack: optionally compressed (kept only when it pays), then sealed, with a CRC-32
+// of the stored bytes. Decoding checks every layer and says which one failed.
+
+import zlib from 'node:zlib';
+import { BlobType, CHUNK_ID_BYTES, COMPRESSION_MIN_SAVING_DIVISOR, Compression } from './constants.js';
+import { AuthenticationError, type Sealer } from './crypto.js';
+
+export interface EncodedBlob {
+  id: Buffer;
+  type: BlobType;
+  compression: Compression;
+  rawLength: number;
+  crc32: number;
+  stored: Buffer;
+}
+
+export interface BlobDescriptor {
+  id: Buffer;
+  type: number;
+  compression: number;
+  rawLength: number;
+  crc32: number;
+}
+
+export type BlobProblem = 'checksum' | 'authentication' | 'decompression' | 'length' | 'content hash';
+
+/** The stored bytes of a blob do not decode to what the index says. */
+export class BlobError extends Error {
+  constructor(readonly problem: BlobProblem, message: string) {
+    super(message);
+    this.name = 'BlobError';
+  }
+}
+
+export function blobAad(id: Uint8Array, type: number, compression: number): Buffer {
+  const aad = Buffer.alloc(CHUNK_ID_BYTES + 2);
+  aad.set(id, 0);
+  aad[CHUNK_ID_BYTES] = type;
+  aad[CHUNK_ID_BYTES + 1] = compression;
+  return aad;
+}
+
+export function compress(plain: Uint8Array, quality: number | null): { data: Uint8Array; compression: Compression } {
+  if (quality === null || plain.length < 64) return { data: plain, compression: Compression.None };
+  const packed = zlib.brotliCompressSync(plain, {
+    params: {
+      [zlib.constants.BROTLI_PARAM_QUALITY]: quality,
+      [zlib.constants.BROTLI_PARAM_SIZE_HINT]: plain.length,
+      [zlib.constants.BROTLI_PARAM_LGWIN]: Math.max(16, Math.min(24, Math.ceil(Math.log2(plain.length)))),
+    },
+  });
+  if (packed.length <= plain.length - Math.floor(plain.length / COMPRESSION_MIN_SAVING_DIVISOR)) {
+    return { data: packed, compression: Compression.Brotli };
+  }
+  return { data: plain, compression: Compression.None };
+}
+
+/** id must already be the chunk id of plain. */
+export function encodeBlob(plain: Uint8Array, id: Buffer, type: BlobType, sealer: Sealer, quality: number | null): EncodedBlob {
+  const { data, compression } = compress(plain, quality);
+  const stored = sealer.seal(data, blobAad(id, type, compression));
+  // seal() returns a view of the input when unencrypted: copy so the caller may reuse its buffer.
+  const owned = sealer.encrypted || data !== plain ? stored : Buffer.from(stored);
+  return { id, type, compression, rawLength: plain.length, crc32: zlib.crc32(owned), stored: owned };
+}
+
+export function decodeBlob(stored: Uint8Array, d: BlobDescriptor, sealer: Sealer): Buffer {
+  if (zlib.crc32(stored) !== d.crc32) throw new BlobError('checksum', 'stored bytes do not match their CRC-32 (damaged in storage)');
+  let data: Buffer;
+  try {
+    data = sealer.open(stored, blobAad(d.id, d.type, d.compression));
+  } catch (err) {
+    if (err instanceof AuthenticationError) throw new BlobError('authentication', 'blob failed authentication (damaged or tampered with)');
+    throw err;
+  }
+  let plain: Buffer;
+  if (d.compression === Compression.Brotli) {
+    try {
+      // Sealed blobs are authenticated, so their size is trusted; a bound (which halves brotli's speed)
+      // guards only unencrypted repositories against a forged blob that expands without limit.
+      plain = sealer.encrypted ? zlib.brotliDecompressSync(data) : zlib.brotliDecompressSync(data, { maxOutputLength: d.rawLength + 1 });
+    } catch {
+      throw new BlobError('decompression', 'blob does not decompress');
+    }
+  } else if (d.compression === Compression.None) {
+    plain = data;
+  } else {
+    throw new BlobError('decompression', `unknown compression ${d.compression}`);
+  }
+  if (plain.length !== d.rawLength) throw new BlobError('length', `blob decodes to ${plain.length} bytes, index says ${d.rawLength}`);
+  if (!sealer.chunkId(plain).equals(d.id)) throw new BlobError('content hash', 'blob content does not hash to its id');
+  return plain;
+}

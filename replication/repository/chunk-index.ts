@@ -1,0 +1,131 @@
+// The in-memory index: chunk id -> where its blob lives. Built from index objects; kept in typed arrays so
+// that a repository with millions of chunks costs tens of bytes per chunk, not hundreds.
+
+import { CHUNK_ID_BYTES } from './constants.js';
+import type { PackIndexContents } from './layout.js';
+
+export interface BlobLocation {
+  id: Buffer;
+  packId: string;
+  offset: number;
+  storedLength: number;
+  rawLength: number;
+  crc32: number;
+  type: number;
+  compression: number;
+}
+
+export interface PackInfo {
+  packId: string;
+  packSize: number;
+  blobCount: number;
+  createdMs: number;
+  /** Preference when a blob is in several packs: higher wins, then the newer pack, then the higher id. */
+  rank: number;
+}
+
+/** Ranks for addPack: a pack that exists beats one that is condemned, which beats one that is gone. */
+export const PACK_RANK = { missing: 0, condemned: 1, present: 2 } as const;
+
+export class ChunkIndex {
+  private readonly slots = new Map<string, number>();
+  private idBytes = Buffer.alloc(0);
+  private pack = new Uint32Array(0);
+  private offset = new Uint32Array(0);
+  private stored = new Uint32Array(0);
+  private raw = new Uint32Array(0);
+  private crc = new Uint32Array(0);
+  private kind = new Uint16Array(0); // type << 8 | compression
+  private used = 0;
+  private readonly packIds: string[] = [];
+  private readonly packNumbers = new Map<string, number>();
+  readonly packs = new Map<string, PackInfo>();
+  /** Blobs seen more than once (kept at the location in the best pack). */
+  duplicates = 0;
+
+  get size(): number {
+    return this.used;
+  }
+
+  private grow(min: number): void {
+    const cap = Math.max(min, this.pack.length * 2, 1024);
+    const ids = Buffer.alloc(cap * CHUNK_ID_BYTES);
+    this.idBytes.copy(ids, 0, 0, this.used * CHUNK_ID_BYTES);
+    this.idBytes = ids;
+    const growU32 = (a: Uint32Array) => {
+      const b = new Uint32Array(cap);
+      b.set(a.subarray(0, this.used));
+      return b;
+    };
+    this.pack = growU32(this.pack);
+    this.offset = growU32(this.offset);
+    this.stored = growU32(this.stored);
+    this.raw = growU32(this.raw);
+    this.crc = growU32(this.crc);
+    const kind = new Uint16Array(cap);
+    kind.set(this.kind.subarray(0, this.used));
+    this.kind = kind;
+  }
+
+  private better(a: PackInfo, b: PackInfo): boolean {
+    if (a.rank !== b.rank) return a.rank > b.rank;
+    if (a.createdMs !== b.createdMs) return a.createdMs > b.createdMs;
+    return a.packId > b.packId;
+  }
+
+  addPack(contents: PackIndexContents, rank: number = PACK_RANK.present): void {
+    const packId = contents.packId.toString('hex');
+    if (this.packs.has(packId)) return;
+    const info: PackInfo = { packId, packSize: contents.packSize, blobCount: contents.entries.length, createdMs: contents.createdMs, rank };
+    this.packs.set(packId, info);
+    let packNo = this.packNumbers.get(packId);
+    if (packNo === undefined) {
+      packNo = this.packIds.length;
+      this.packIds.push(packId);
+      this.packNumbers.set(packId, packNo);
+    }
+    if (this.used + contents.entries.length > this.pack.length) this.grow(this.used + contents.entries.length);
+    for (const e of contents.entries) {
+      const key = e.id.toString('latin1');
+      let s = this.slots.get(key);
+      if (s !== undefined) {
+        this.duplicates++;
+        if (!this.better(info, this.packs.get(this.packIds[this.pack[s]])!)) continue;
+      } else {
+        s = this.used++;
+        this.slots.set(key, s);
+      }
+      e.id.copy(this.idBytes, s * CHUNK_ID_BYTES);
+      this.pack[s] = packNo;
+      this.offset[s] = e.offset;
+      this.stored[s] = e.storedLength;
+      this.raw[s] = e.rawLength;
+      this.crc[s] = e.crc32;
+      this.kind[s] = (e.type << 8) | e.compression;
+    }
+  }
+
+  /** Every blob id (views into the index: copy them to keep them). */
+  *ids(): Generator<Buffer> {
+    for (let s = 0; s < this.used; s++) yield this.idBytes.subarray(s * CHUNK_ID_BYTES, (s + 1) * CHUNK_ID_BYTES);
+  }
+
+  has(id: Buffer): boolean {
+    return this.slots.has(id.toString('latin1'));
+  }
+
+  get(id: Buffer): BlobLocation | undefined {
+    const s = this.slots.get(id.toString('latin1'));
+    if (s === undefined) return undefined;
+    return {
+      id: this.idBytes.subarray(s * CHUNK_ID_BYTES, (s + 1) * CHUNK_ID_BYTES),
+      packId: this.packIds[this.pack[s]],
+      offset: this.offset[s],
+      storedLength: this.stored[s],
+      rawLength: this.raw[s],
+      crc32: this.crc[s],
+      type: this.kind[s] >> 8,
+      compression: this.kind[s] & 0xff,
+    };
+  }
+}

@@ -1,0 +1,146 @@
+// Worker thread for the CPU-heavy part of backup, restore and verify. Chunk data stays on this thread:
+// for a backup it reads a batch of chunks from the image file itself, hashes them, keeps the batch until
+// the main thread says which chunks are new, then compresses and seals those; for a restore it opens,
+// decompresses and checks blobs and writes them into the output file itself. Only ids, encoded blobs
+// and problems cross threads. ChunkWorkers (worker-pool.ts) is the other side.
+
+import { readSync, writeSync } from 'node:fs';
+import { parentPort, workerData } from 'node:worker_threads';
+import { BlobError, decodeBlob, encodeBlob } from './blob.js';
+import { CHUNK_ID_BYTES } from './constants.js';
+import { Sealer } from './crypto.js';
+import type { WorkerData, WorkerReply, WorkerRequest } from './worker-pool.js';
+
+const data = workerData as WorkerData;
+const sealer = new Sealer(
+  data.dataKey && data.idKey
+    ? { dataKey: Buffer.from(data.dataKey), idKey: Buffer.from(data.idKey), configKey: Buffer.alloc(0) }
+    : null,
+);
+
+/** Batches read and hashed, waiting for the main thread to ask for their new chunks. */
+const held = new Map<number, { buf: Buffer; offsets: number[]; lengths: number[] }>();
+const spare: Buffer[] = [];
+let zeros = Buffer.alloc(1024 * 1024);
+
+function isZero(b: Buffer): boolean {
+  if (zeros.length < b.length) zeros = Buffer.alloc(b.length);
+  return b.equals(zeros.subarray(0, b.length));
+}
+
+function takeBuffer(size: number): Buffer {
+  const i = spare.findIndex((b) => b.length >= size);
+  if (i >= 0) return spare.splice(i, 1)[0];
+  return Buffer.allocUnsafeSlow(size);
+}
+
+function giveBuffer(b: Buffer): void {
+  if (spare.length < 4) spare.push(b);
+}
+
+function readFully(fd: number, buf: Buffer, at: number, length: number, position: number): void {
+  let got = 0;
+  while (got < length) {
+    const n = readSync(fd, buf, at + got, length - got, position + got);
+    if (n === 0) throw new Error('the image became shorter while it was being read');
+    got += n;
+  }
+}
+
+function writeFully(fd: number, buf: Buffer, position: number): void {
+  let done = 0;
+  while (done < buf.length) done += writeSync(fd, buf, done, buf.length - done, position + done);
+}
+
+function handle(req: WorkerRequest): { reply: WorkerReply; transfer: ArrayBuffer[] } {
+  switch (req.op) {
+    case 'read-hash': {
+      const total = req.lengths.reduce((a, b) => a + b, 0);
+      const buf = takeBuffer(total);
+      const offsets: number[] = [];
+      let pos = 0;
+      for (const run of req.runs) {
+        readFully(req.fd, buf, pos, run.length, run.position);
+        pos += run.length;
+      }
+      const ids = Buffer.alloc(req.lengths.length * CHUNK_ID_BYTES);
+      const zero = new Uint8Array(req.lengths.length);
+      pos = 0;
+      req.lengths.forEach((len, i) => {
+        const chunk = buf.subarray(pos, pos + len);
+        offsets.push(pos);
+        pos += len;
+        if (isZero(chunk)) zero[i] = 1;
+        else sealer.chunkId(chunk).copy(ids, i * CHUNK_ID_BYTES);
+      });
+      held.set(req.task, { buf, offsets, lengths: req.lengths });
+      const idsAb = ids.buffer.slice(ids.byteOffset, ids.byteOffset + ids.length) as ArrayBuffer;
+      return { reply: { task: req.task, op: 'read-hash', ids: idsAb, zero }, transfer: [idsAb] };
+    }
+    case 'encode': {
+      const batch = held.get(req.batch);
+      if (!batch) throw new Error(`internal: batch ${req.batch} is not held by this worker`);
+      held.delete(req.batch);
+      const ids = Buffer.from(req.ids);
+      const blobs = req.chunks.map((j, k) =>
+        encodeBlob(
+          batch.buf.subarray(batch.offsets[j], batch.offsets[j] + batch.lengths[j]),
+          Buffer.from(ids.subarray(k * CHUNK_ID_BYTES, (k + 1) * CHUNK_ID_BYTES)),
+          req.type,
+          sealer,
+          data.quality,
+        ),
+      );
+      const total = blobs.reduce((a, b) => a + b.stored.length, 0);
+      const out = new ArrayBuffer(total);
+      const view = new Uint8Array(out);
+      const lengths = new Uint32Array(blobs.length);
+      const crc32 = new Uint32Array(blobs.length);
+      const compression = new Uint8Array(blobs.length);
+      let p = 0;
+      blobs.forEach((b, i) => {
+        view.set(b.stored, p);
+        p += b.stored.length;
+        lengths[i] = b.stored.length;
+        crc32[i] = b.crc32;
+        compression[i] = b.compression;
+      });
+      giveBuffer(batch.buf);
+      return { reply: { task: req.task, op: 'encode', stored: out, lengths, crc32, compression }, transfer: [out] };
+    }
+    case 'release': {
+      const batch = held.get(req.batch);
+      held.delete(req.batch);
+      if (batch) giveBuffer(batch.buf);
+      return { reply: { task: req.task, op: 'release' }, transfer: [] };
+    }
+    case 'decode': {
+      const src = Buffer.from(req.data);
+      const errors: ({ problem: string; message: string } | null)[] = [];
+      let bytesWritten = 0;
+      req.blobs.forEach((b, k) => {
+        try {
+          const plain = decodeBlob(src.subarray(b.offset, b.offset + b.storedLength), { ...b, id: Buffer.from(b.id) }, sealer);
+          for (const position of req.writes?.[k] ?? []) {
+            writeFully(req.fd!, plain, position);
+            bytesWritten += plain.length;
+          }
+          errors.push(null);
+        } catch (err) {
+          if (!(err instanceof BlobError)) throw err;
+          errors.push({ problem: err.problem, message: err.message });
+        }
+      });
+      return { reply: { task: req.task, op: 'decode', errors, bytesWritten }, transfer: [] };
+    }
+  }
+}
+
+parentPort!.on('message', (req: WorkerRequest) => {
+  try {
+    const { reply, transfer } = handle(req);
+    parentPort!.postMessage(reply, transfer);
+  } catch (err) {
+    parentPort!.postMessage({ task: req.task, op: 'error', message: err instanceof Error ? err.message : String(err) });
+  }
+});

@@ -1,0 +1,113 @@
+// Packs: many blobs in one object, followed by the sealed pack index and a fixed trailer. The same sealed
+// index is also written as its own index object, so loading the repository index never reads pack tails.
+
+import { randomBytes } from 'node:crypto';
+import zlib from 'node:zlib';
+import { FORMAT_VERSION, PACK_ID_BYTES, SEAL_OVERHEAD } from './constants.js';
+import type { EncodedBlob } from './blob.js';
+import { AuthenticationError, type Sealer } from './crypto.js';
+import {
+  AAD_PACK_INDEX,
+  FormatError,
+  PACK_INDEX_ENTRY,
+  PACK_INDEX_HEADER,
+  PACK_TRAILER,
+  decodePackIndex,
+  decodePackTrailer,
+  encodeIndexObject,
+  encodePackIndex,
+  encodePackTrailer,
+  type PackIndexContents,
+  type PackIndexEntry,
+} from './layout.js';
+
+export function newPackId(): Buffer {
+  return randomBytes(PACK_ID_BYTES);
+}
+
+function packIndexAad(packId: Buffer): Buffer {
+  return Buffer.concat([AAD_PACK_INDEX, packId]);
+}
+
+export interface FinishedPack {
+  packId: Buffer;
+  /** The whole pack object. */
+  body: Buffer;
+  /** The index object for this pack. */
+  indexObject: Buffer;
+  contents: PackIndexContents;
+}
+
+/** Collects encoded blobs until the pack is big enough, then lays out the pack and its index object. */
+export class PackBuilder {
+  readonly packId = newPackId();
+  private readonly blobs: Buffer[] = [];
+  private readonly entries: PackIndexEntry[] = [];
+  private bytes = 0;
+
+  get dataSize(): number {
+    return this.bytes;
+  }
+
+  get count(): number {
+    return this.entries.length;
+  }
+
+  add(blob: EncodedBlob): void {
+    this.entries.push({
+      id: blob.id,
+      offset: this.bytes,
+      storedLength: blob.stored.length,
+      rawLength: blob.rawLength,
+      crc32: blob.crc32,
+      type: blob.type,
+      compression: blob.compression,
+    });
+    this.blobs.push(blob.stored);
+    this.bytes += blob.stored.length;
+  }
+
+  finish(sealer: Sealer): FinishedPack {
+    const plainIndexLength = PACK_INDEX_HEADER.size + this.entries.length * PACK_INDEX_ENTRY.size;
+    const storedIndexLength = plainIndexLength + (sealer.encrypted ? SEAL_OVERHEAD : 0);
+    const contents: PackIndexContents = {
+      packId: this.packId,
+      packSize: this.bytes + storedIndexLength + PACK_TRAILER.size,
+      createdMs: Date.now(),
+      entries: this.entries,
+    };
+    const storedIndex = sealer.seal(encodePackIndex(contents, FORMAT_VERSION), packIndexAad(this.packId));
+    const indexCrc32 = zlib.crc32(storedIndex);
+    const trailer = encodePackTrailer({ indexLength: storedIndex.length, indexCrc32, version: FORMAT_VERSION });
+    const body = Buffer.concat([...this.blobs, storedIndex, trailer]);
+    if (body.length !== contents.packSize) throw new Error(`internal: pack size ${body.length} != ${contents.packSize}`);
+    const indexObject = encodeIndexObject([{ packId: this.packId, crc32: indexCrc32, stored: storedIndex }], FORMAT_VERSION);
+    return { packId: this.packId, body, indexObject, contents };
+  }
+}
+
+/** Opens a stored pack index (from a pack tail or an index object) and checks it belongs to packId. */
+export function openPackIndex(stored: Buffer, crc32: number, packId: Buffer, sealer: Sealer): PackIndexContents {
+  if (zlib.crc32(stored) !== crc32) throw new FormatError('pack index does not match its CRC-32 (damaged in storage)');
+  let plain: Buffer;
+  try {
+    plain = sealer.open(stored, packIndexAad(packId));
+  } catch (err) {
+    if (err instanceof AuthenticationError) throw new FormatError('pack index failed authentication (damaged, or not for this pack)');
+    throw err;
+  }
+  const contents = decodePackIndex(plain, FORMAT_VERSION);
+  if (!contents.packId.equals(packId)) throw new FormatError('pack index names a different pack');
+  return contents;
+}
+
+/** Reads the trailer and index from the last bytes of a pack (tail must end where the pack ends). */
+export function parsePackTail(tail: Buffer, packId: Buffer, sealer: Sealer): { contents: PackIndexContents; storedIndex: Buffer } {
+  if (tail.length < PACK_TRAILER.size) throw new FormatError('pack is shorter than its trailer');
+  const trailer = decodePackTrailer(tail.subarray(tail.length - PACK_TRAILER.size));
+  if (trailer.version !== FORMAT_VERSION) throw new FormatError(`pack version ${trailer.version} is not supported`);
+  const start = tail.length - PACK_TRAILER.size - trailer.indexLength;
+  if (start < 0) throw new FormatError('pack tail is shorter than its index');
+  const storedIndex = tail.subarray(start, tail.length - PACK_TRAILER.size);
+  return { contents: openPackIndex(storedIndex, trailer.indexCrc32, packId, sealer), storedIndex };
+}

@@ -1,0 +1,177 @@
+// A small pool of chunk workers (one per core, chunk-worker.ts): backup and restore hand them batches so
+// that reading, hashing, compression, AES-GCM and writing run in parallel while the main thread talks to
+// the target and lays out packs.
+
+import { availableParallelism } from 'node:os';
+import { Worker } from 'node:worker_threads';
+import { CHUNK_ID_BYTES, type BlobType } from './constants.js';
+import type { WorkingKeys } from './crypto.js';
+
+export interface WorkerData {
+  dataKey: Uint8Array | null;
+  idKey: Uint8Array | null;
+  quality: number | null;
+}
+
+export interface DecodeBlobRequest {
+  offset: number;
+  storedLength: number;
+  rawLength: number;
+  crc32: number;
+  type: number;
+  compression: number;
+  id: Uint8Array;
+}
+
+export type WorkerRequest =
+  | { task: number; op: 'read-hash'; fd: number; runs: { position: number; length: number }[]; lengths: number[] }
+  | { task: number; op: 'encode'; batch: number; chunks: number[]; ids: ArrayBuffer; type: BlobType }
+  | { task: number; op: 'release'; batch: number }
+  | { task: number; op: 'decode'; data: ArrayBuffer; blobs: DecodeBlobRequest[]; fd?: number; writes?: number[][] };
+
+export type WorkerReply =
+  | { task: number; op: 'read-hash'; ids: ArrayBuffer; zero: Uint8Array }
+  | { task: number; op: 'encode'; stored: ArrayBuffer; lengths: Uint32Array; crc32: Uint32Array; compression: Uint8Array }
+  | { task: number; op: 'release' }
+  | { task: number; op: 'decode'; errors: ({ problem: string; message: string } | null)[]; bytesWritten: number }
+  | { task: number; op: 'error'; message: string };
+
+type DistributiveOmit<T, K extends keyof T> = T extends unknown ? Omit<T, K> : never;
+type Pending = { resolve: (r: WorkerReply) => void; reject: (e: Error) => void; worker: number };
+
+/** A batch read and hashed by one worker, which holds its bytes until encode() or release(). */
+export interface HashedBatch {
+  worker: number;
+  batch: number;
+  /** 32 bytes per chunk; all zero for an all-zero chunk. */
+  ids: Buffer;
+  zero: Uint8Array;
+}
+
+export interface EncodeResult {
+  stored: Buffer;
+  lengths: Uint32Array;
+  crc32: Uint32Array;
+  compression: Uint8Array;
+}
+
+export interface DecodeResult {
+  errors: ({ problem: string; message: string } | null)[];
+  bytesWritten: number;
+}
+
+export function defaultWorkerCount(): number {
+  return Math.max(1, Math.min(8, availableParallelism()));
+}
+
+/** A worker failed in a way that is not about the data (I/O error, bug). */
+export class WorkerError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'WorkerError';
+  }
+}
+
+export class ChunkWorkers {
+  private readonly workers: Worker[] = [];
+  private readonly outstanding: number[] = [];
+  private readonly pending = new Map<number, Pending>();
+  private nextTask = 1;
+  private failure: Error | null = null;
+
+  constructor(keys: WorkingKeys | null, quality: number | null, count = defaultWorkerCount()) {
+    const workerData: WorkerData = {
+      dataKey: keys ? new Uint8Array(keys.dataKey) : null,
+      idKey: keys ? new Uint8Array(keys.idKey) : null,
+      quality,
+    };
+    for (let i = 0; i < count; i++) {
+      const w = new Worker(new URL('./chunk-worker.js', import.meta.url), { workerData });
+      w.on('message', (reply: WorkerReply) => this.settle(reply));
+      w.on('error', (err) => this.fail(err));
+      w.on('exit', (code) => {
+        if (code !== 0) this.fail(new WorkerError(`chunk worker exited with status ${code}`));
+      });
+      this.workers.push(w);
+      this.outstanding.push(0);
+    }
+  }
+
+  get size(): number {
+    return this.workers.length;
+  }
+
+  private fail(err: Error): void {
+    this.failure = err;
+    for (const p of this.pending.values()) p.reject(err);
+    this.pending.clear();
+  }
+
+  private settle(reply: WorkerReply): void {
+    const p = this.pending.get(reply.task);
+    if (!p) return;
+    this.pending.delete(reply.task);
+    this.outstanding[p.worker]--;
+    if (reply.op === 'error') p.reject(new WorkerError(reply.message));
+    else p.resolve(reply);
+  }
+
+  private leastBusy(): number {
+    let w = 0;
+    for (let i = 1; i < this.workers.length; i++) if (this.outstanding[i] < this.outstanding[w]) w = i;
+    return w;
+  }
+
+  private submit(worker: number, req: DistributiveOmit<WorkerRequest, 'task'>, transfer: ArrayBuffer[] = []): { task: number; reply: Promise<WorkerReply> } {
+    if (this.failure) return { task: 0, reply: Promise.reject(this.failure) };
+    const task = this.nextTask++;
+    this.outstanding[worker]++;
+    const reply = new Promise<WorkerReply>((resolve, reject) => {
+      this.pending.set(task, { resolve, reject, worker });
+      this.workers[worker].postMessage({ ...req, task }, transfer);
+    });
+    return { task, reply };
+  }
+
+  /** Reads runs of an image file (fd) and returns the ids of the chunks (lengths) they hold. */
+  async readAndHash(fd: number, runs: { position: number; length: number }[], lengths: number[]): Promise<HashedBatch> {
+    const worker = this.leastBusy();
+    const { task, reply } = this.submit(worker, { op: 'read-hash', fd, runs, lengths });
+    const r = await reply;
+    if (r.op !== 'read-hash') throw new Error('internal: unexpected worker reply');
+    return { worker, batch: task, ids: Buffer.from(r.ids), zero: r.zero };
+  }
+
+  /** Compresses and seals chunks (positions within the batch) of a held batch, and frees the batch. */
+  async encode(batch: HashedBatch, chunks: number[], ids: Buffer, type: BlobType): Promise<EncodeResult> {
+    if (ids.length !== chunks.length * CHUNK_ID_BYTES) throw new Error('internal: ids and chunks disagree');
+    const idsAb = ids.buffer.slice(ids.byteOffset, ids.byteOffset + ids.length) as ArrayBuffer;
+    const r = await this.submit(batch.worker, { op: 'encode', batch: batch.batch, chunks, ids: idsAb, type }, [idsAb]).reply;
+    if (r.op !== 'encode') throw new Error('internal: unexpected worker reply');
+    return { stored: Buffer.from(r.stored), lengths: r.lengths, crc32: r.crc32, compression: r.compression };
+  }
+
+  async release(batch: HashedBatch): Promise<void> {
+    await this.submit(batch.worker, { op: 'release', batch: batch.batch }).reply;
+  }
+
+  /**
+   * Opens, decompresses and checks blobs lying in data (which is handed to the worker and must not be
+   * used afterwards); with fd, writes each good blob at its file positions.
+   */
+  async decode(data: Buffer, blobs: DecodeBlobRequest[], output?: { fd: number; writes: number[][] }): Promise<DecodeResult> {
+    let ab: ArrayBuffer;
+    if (data.byteOffset === 0 && data.length === data.buffer.byteLength && !(data.buffer instanceof SharedArrayBuffer)) {
+      ab = data.buffer as ArrayBuffer;
+    } else {
+      ab = data.buffer.slice(data.byteOffset, data.byteOffset + data.length) as ArrayBuffer;
+    }
+    const r = await this.submit(this.leastBusy(), { op: 'decode', data: ab, blobs, ...(output ?? {}) }, [ab]).reply;
+    if (r.op !== 'decode') throw new Error('internal: unexpected worker reply');
+    return { errors: r.errors, bytesWritten: r.bytesWritten };
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.workers.map((w) => w.terminate()));
+  }
+}

@@ -1,0 +1,202 @@
+// Our VMM against QEMU `-M microvm` on the same Lifeboat guest, vCPUs, memory and disk, runs interleaved:
+// wall time from process start to the guest's first shell prompt, and the guest's `disk bench`.
+// Also the cost of one PIO exit round trip through our vCPU loop.
+//
+//   node dist/scripts/bench-boot.js [--runs 5] [--vcpus 1] [--mem 256] [--disk-mib 512] [--no-disk-bench] [--kernel BZIMAGE]
+//   (--runs 0: only the PIO exit cost)
+//
+// Prints a Markdown report (the "VMM (issue 3)" section of docs/benchmarks.md).
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { ACPI_POWER_OFF_VALUE } from '../vmm/acpi/tables.js';
+import { platformDescriptors } from '../vmm/devices/descriptor.js';
+import { allocateSerialState } from '../vmm/devices/serial.js';
+import { probeKvmApi } from '../vmm/host-probe.js';
+import { Kvm } from '../vmm/kvm/system.js';
+import { COM1_GSI, KVM_TSS_ADDR } from '../vmm/layout.js';
+import { GuestMemory } from '../vmm/memory.js';
+import * as libc from '../vmm/sys/libc.js';
+import { VcpuSet } from '../vmm/vcpus.js';
+import { DEFAULT_CMDLINE } from '../vmm/vm-config.js';
+import { projectRoot } from '../src/util/project-root.js';
+import { qemuArgs } from '../test/helpers/qemu.js';
+
+const MAIN = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
+const PROMPT = 'lifeboat> ';
+
+interface Sample {
+  bootMs: number;
+  bench?: { seqRead: number; seqWrite: number; randRead: number; randWrite: number };
+}
+
+/** Spawns a VMM, measures start -> first prompt, runs `disk bench 0`, powers off. */
+async function runOnce(cmd: string, args: string[], diskBench: boolean): Promise<Sample> {
+  const t0 = performance.now();
+  const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  let bootMs = -1;
+  let waiter: (() => void) | undefined;
+  child.stdout.setEncoding('latin1').on('data', (s: string) => {
+    out += s;
+    if (bootMs < 0 && out.includes(PROMPT)) bootMs = performance.now() - t0;
+    waiter?.();
+  });
+  child.stderr.setEncoding('utf8').on('data', (s: string) => (err += s));
+  const exited = new Promise<number | null>((resolve) => child.once('close', (code) => {
+    waiter?.();
+    resolve(code);
+  }));
+  const waitFor = async (re: RegExp, from: number, ms: number): Promise<RegExpExecArray> => {
+    const deadline = Date.now() + ms;
+    for (;;) {
+      const m = re.exec(out.slice(from));
+      if (m) return m;
+      if (child.exitCode !== null || Date.now() > deadline) {
+        child.kill('SIGKILL');
+        throw new Error(`${cmd}: no ${re} (exit ${child.exitCode}); output tail:\n${out.slice(-800)}\n${err}`);
+      }
+      await new Promise<void>((r) => {
+        waiter = r;
+        setTimeout(r, 200);
+      });
+    }
+  };
+  try {
+    await waitFor(/lifeboat> /, 0, 60_000);
+    let bench: Sample['bench'];
+    if (diskBench) {
+      const from = out.length;
+      child.stdin.write('disk bench 0\n');
+      const m = await waitFor(/disk bench seq_read_mibps=(\d+) seq_write_mibps=(\d+) rand_read_iops=(\d+) rand_write_iops=(\d+)/, from, 180_000);
+      bench = { seqRead: Number(m[1]), seqWrite: Number(m[2]), randRead: Number(m[3]), randWrite: Number(m[4]) };
+    }
+    child.stdin.write('poweroff\n');
+    const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
+    await exited;
+    clearTimeout(timer);
+    return { bootMs, bench };
+  } catch (e) {
+    child.kill('SIGKILL');
+    throw e;
+  }
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const n = s.length;
+  return n % 2 ? s[(n - 1) / 2]! : (s[n / 2 - 1]! + s[n / 2]!) / 2;
+}
+
+/** Nanoseconds per PIO exit: real-mode code doing `out 0x80, al` in a loop on one of our vCPUs. */
+async function pioExitCost(exits: number): Promise<number> {
+  const kvm = Kvm.open();
+  const vm = kvm.createVm();
+  vm.createPlatform(KVM_TSS_ADDR);
+  const memory = GuestMemory.create(16 << 20);
+  vm.mapMemory(memory.regions, memory.shared.hostAddress, false);
+  // mov ecx, N; l: out 0x80, al; loop l (a32); mov eax, 0; out 0xf4, eax
+  const n = Buffer.alloc(4);
+  n.writeUInt32LE(exits);
+  memory.write(0x1000, Uint8Array.from([0x66, 0xb9, ...n, 0xe6, 0x80, 0x67, 0xe2, 0xfb, 0x66, 0x31, 0xc0, 0x66, 0xe7, 0xf4, 0xf4]));
+  const [r, w] = libc.pipe();
+  const irq = libc.eventfd();
+  vm.registerIrqfd(COM1_GSI, irq);
+  const supportedCpuid = kvm.supportedCpuid();
+  const set = VcpuSet.create(kvm, vm, 1, () => ({ kind: 'real-mode', ip: 0x1000, supportedCpuid, vcpuCount: 1 }));
+  let done!: () => void;
+  const finished = new Promise<void>((resolve) => (done = resolve));
+  await set.start({ memory, devices: platformDescriptors(allocateSerialState(), w, irq, ACPI_POWER_OFF_VALUE), onEvent: () => done() });
+  const t0 = performance.now();
+  set.resume();
+  await finished;
+  const ns = ((performance.now() - t0) * 1e6) / exits;
+  await set.stop();
+  for (const fd of [r, w, irq]) libc.close(fd);
+  memory.close();
+  vm.close();
+  kvm.close();
+  return ns;
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      runs: { type: 'string', default: '5' },
+      vcpus: { type: 'string', default: '1' },
+      mem: { type: 'string', default: '256' },
+      'disk-mib': { type: 'string', default: '512' },
+      'no-disk-bench': { type: 'boolean' },
+      kernel: { type: 'string' },
+    },
+  });
+  const runs = Number(values.runs);
+  const vcpus = Number(values.vcpus);
+  const mem = Number(values.mem);
+  const diskBench = !values['no-disk-bench'];
+  const root = projectRoot();
+  const bin = values.kernel ?? join(root, 'guest', 'build', 'lifeboat-guest.bin');
+  const elf = join(root, 'guest', 'build', 'lifeboat-guest.elf');
+  for (const f of [bin, elf]) if (!existsSync(f)) throw new Error(`${f} is missing: run 'make -C guest'`);
+  const dir = mkdtempSync(join(tmpdir(), 'lifeboat-bench-'));
+  const diskOurs = join(dir, 'ours.img');
+  const diskQemu = join(dir, 'qemu.img');
+  for (const d of [diskOurs, diskQemu]) {
+    writeFileSync(d, '');
+    truncateSync(d, Number(values['disk-mib']) * 1024 * 1024);
+  }
+  const tscKhz = probeKvmApi().tscKhz;
+  const cmdline = `${DEFAULT_CMDLINE}${tscKhz ? ` lifeboat.tsc_khz=${tscKhz}` : ''}`;
+  const ours = [process.execPath, [MAIN, 'vm', 'run', '--kernel', bin, '--vcpus', String(vcpus), '--mem', String(mem), '--disk', diskOurs]] as const;
+  // The flags the guest's own QEMU harness uses (virtio-mmio version 2, console on stdio), plus -no-user-config.
+  const qemu = ['qemu-system-x86_64', ['-no-user-config', ...qemuArgs({ accel: 'kvm', cpus: vcpus, memoryMiB: mem, kernel: elf, append: cmdline, disks: [{ path: diskQemu }] })]] as const;
+
+  const samples = { ours: [] as Sample[], qemu: [] as Sample[] };
+  for (let i = 0; i < runs; i++) {
+    // Interleaved, alternating who goes first, so drift on a shared machine hits both alike.
+    const order = i % 2 === 0 ? (['ours', 'qemu'] as const) : (['qemu', 'ours'] as const);
+    for (const who of order) {
+      const [cmd, args] = who === 'ours' ? ours : qemu;
+      const s = await runOnce(cmd, [...args], diskBench);
+      samples[who].push(s);
+      process.stderr.write(`run ${i + 1}/${runs} ${who}: boot ${s.bootMs.toFixed(0)} ms${s.bench ? ` seq r/w ${s.bench.seqRead}/${s.bench.seqWrite} MiB/s rand r/w ${s.bench.randRead}/${s.bench.randWrite} IOPS` : ''}\n`);
+    }
+  }
+  const pioNs = await pioExitCost(20_000);
+  rmSync(dir, { recursive: true, force: true });
+
+  const row = (name: string, pick: (s: Sample) => number, unit: string, bar: string) => {
+    const o = median(samples.ours.map(pick));
+    const q = median(samples.qemu.map(pick));
+    const ratio = o / q;
+    return `| ${name} | ${o.toFixed(0)} ${unit} | ${q.toFixed(0)} ${unit} | ${ratio.toFixed(2)} | ${bar} |`;
+  };
+  if (runs === 0) {
+    process.stdout.write(`PIO exit round trip through our vCPU loop: ${(pioNs / 1000).toFixed(1)} us\n`);
+    return;
+  }
+  const lines = [
+    `Command: \`node dist/scripts/bench-boot.js --runs ${runs} --vcpus ${vcpus} --mem ${mem} --disk-mib ${values['disk-mib']}\``,
+    `(${runs} interleaved runs each; medians; ratio = ours / QEMU; ${new Date().toISOString().slice(0, 10)}, host: ${vcpus} vCPU guest on a 2-core PVM host)`,
+    '',
+    '| measure | Lifeboat VMM | QEMU microvm | ratio | bar |',
+    '|---|---|---|---|---|',
+    row('process start -> first `lifeboat> `', (s) => s.bootMs, 'ms', '<= 1.0'),
+  ];
+  if (diskBench) {
+    lines.push(
+      row('disk bench seq read', (s) => s.bench!.seqRead, 'MiB/s', '>= 0.8'),
+      row('disk bench seq write', (s) => s.bench!.seqWrite, 'MiB/s', '>= 0.8'),
+      row('disk bench random read', (s) => s.bench!.randRead, 'IOPS', '>= 0.8'),
+      row('disk bench random write', (s) => s.bench!.randWrite, 'IOPS', '>= 0.8'),
+    );
+  }
+  lines.push('', `PIO exit round trip through our vCPU loop (guest \`out\` -> KVM_RUN returns -> Bus -> KVM_RUN): ${(pioNs / 1000).toFixed(1)} us`);
+  process.stdout.write(lines.join('\n') + '\n');
+}
+
+await main();

@@ -1,0 +1,298 @@
+// VM snapshots, ours against QEMU's migrate-to-file, on the same Lifeboat guest (1 GiB, 2 vCPUs by
+// default) after it dirtied 5% of its memory (`mem dirty`):
+//   - ours: pause time, size and total time of a diff snapshot (over a full one taken first), and the
+//     time from `lifeboat vm restore` (full + diff) to running vCPUs;
+//   - QEMU: `migrate "exec:cat > FILE"` (QMP): downtime, total time, size; `-incoming "exec:cat FILE"`:
+//     process start to status "running".
+// Also guest disk write throughput (`disk bench 0`) with changed-block tracking on and off.
+//
+//   node dist/scripts/bench-snapshot.js [--runs 3] [--mem 1024] [--vcpus 2] [--dirty-percent 5]
+//                                      [--no-qemu] [--no-throughput] [--docs]
+//
+// Prints a Markdown report; --docs also writes it as the "Snapshots (issue 4)" section of docs/benchmarks.md.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
+import { createConnection } from 'node:net';
+import { cpus, loadavg, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { controlRequest } from '../vmm/control-socket.js';
+import { projectRoot } from '../src/util/project-root.js';
+import { qemuArgs } from '../test/helpers/qemu.js';
+
+const MAIN = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
+const PROMPT = 'lifeboat> ';
+const PAGE = 4096;
+
+/** A child process whose stdout (the guest console) and stderr we watch. */
+class Proc {
+  out = '';
+  err = '';
+  readonly child: ChildProcess;
+  readonly started = performance.now();
+  readonly exited: Promise<number | null>;
+
+  constructor(cmd: string, args: string[], env: NodeJS.ProcessEnv = {}) {
+    this.child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+    this.child.stdout!.setEncoding('latin1').on('data', (s: string) => (this.out += s.replace(/\r/g, '')));
+    this.child.stderr!.setEncoding('utf8').on('data', (s: string) => (this.err += s));
+    this.child.stdin!.on('error', () => {});
+    this.exited = new Promise((resolve) => this.child.once('close', resolve));
+  }
+
+  async until(test: () => boolean, what: string, ms = 60_000): Promise<number> {
+    const deadline = Date.now() + ms;
+    while (!test()) {
+      if (this.child.exitCode !== null || this.child.signalCode !== null) throw new Error(`${what}: the process exited; output tail: ${this.out.slice(-400)} ${this.err.slice(-400)}`);
+      if (Date.now() > deadline) throw new Error(`${what}: timed out; output tail: ${this.out.slice(-400)} ${this.err.slice(-400)}`);
+      await new Promise((r) => setTimeout(r, 1));
+    }
+    return performance.now() - this.started;
+  }
+
+  async command(line: string, ms = 120_000): Promise<string> {
+    const from = this.out.length;
+    this.child.stdin!.write(line + '\n');
+    await this.until(() => this.out.slice(from).endsWith(PROMPT), line, ms);
+    return this.out.slice(from);
+  }
+
+  async kill(): Promise<void> {
+    this.child.kill('SIGKILL');
+    await this.exited;
+  }
+}
+
+async function op(socket: string, request: { op: string } & Record<string, unknown>): Promise<Record<string, unknown>> {
+  const r = await controlRequest(socket, request as never, 600_000);
+  if (!r.ok) throw new Error(`${request.op}: ${r.error}`);
+  return r as Record<string, unknown>;
+}
+
+interface OursSample {
+  pauseMs: number;
+  totalMs: number;
+  diffBytes: number;
+  diffPages: number;
+  restoreWallMs: number;
+  restoreVmmMs: number;
+}
+
+async function ours(dir: string, mem: number, vcpus: number, dirtyPages: number): Promise<OursSample> {
+  const sock = join(dir, 'vm.sock');
+  const vm = new Proc(process.execPath, [MAIN, 'vm', 'run', '--mem', String(mem), '--vcpus', String(vcpus), '--api-sock', sock]);
+  try {
+    await vm.until(() => vm.out.endsWith(PROMPT), 'boot');
+    await op(sock, { op: 'snapshot.create', kind: 'full', out: join(dir, 'full') });
+    const dirtied = await vm.command(`mem dirty ${dirtyPages}`);
+    if (!dirtied.includes(`mem dirty pages=${dirtyPages}`)) throw new Error(`mem dirty: ${dirtied}`);
+    const diff = await op(sock, { op: 'snapshot.create', kind: 'diff', out: join(dir, 'diff') });
+    await vm.kill();
+    // Restore: wall time from process start to the vCPUs running (the VMM's trace line), and the same
+    // measured inside the VMM from the start of the restore to the resume.
+    const restored = new Proc(process.execPath, [MAIN, 'vm', 'restore', '--from', join(dir, 'full'), '--from', join(dir, 'diff')], { LIFEBOAT_VMM_TRACE: '1' });
+    try {
+      const wall = await restored.until(() => /trace: run /.test(restored.err), 'restore');
+      const steps = [...restored.err.matchAll(/trace: (.+?) ([\d.]+) ms \(t=([\d.]+) ms\)/g)].map((m) => ({ step: m[1]!, ms: Number(m[2]), t: Number(m[3]) }));
+      const first = steps[0]!;
+      const run = steps.find((s) => s.step === 'run')!;
+      const alive = await restored.command('info', 30_000);
+      if (!alive.includes('info cpus=')) throw new Error(`the restored guest does not answer: ${alive}`);
+      return {
+        pauseMs: diff.pauseMs as number, totalMs: diff.totalMs as number, diffBytes: diff.diskBytes as number, diffPages: diff.memoryPages as number,
+        restoreWallMs: wall, restoreVmmMs: run.t - (first.t - first.ms),
+      };
+    } finally {
+      await restored.kill();
+    }
+  } finally {
+    await vm.kill();
+  }
+}
+
+/** One QMP command on a fresh connection (after the capabilities handshake). */
+async function qmp(socket: string, command: Record<string, unknown>): Promise<Record<string, unknown>> {
+  return await new Promise((resolve, reject) => {
+    const c = createConnection(socket);
+    let buf = '';
+    let stage = 0;
+    c.setEncoding('utf8');
+    c.on('data', (s: string) => {
+      buf += s;
+      let nl: number;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        const msg = JSON.parse(buf.slice(0, nl)) as Record<string, unknown>;
+        buf = buf.slice(nl + 1);
+        if ('event' in msg) continue;
+        if (stage === 0 && 'QMP' in msg) {
+          c.write(JSON.stringify({ execute: 'qmp_capabilities' }) + '\n');
+          stage = 1;
+        } else if (stage === 1 && 'return' in msg) {
+          c.write(JSON.stringify(command) + '\n');
+          stage = 2;
+        } else if (stage === 2) {
+          c.end();
+          if ('error' in msg) reject(new Error(`QMP ${JSON.stringify(command)}: ${JSON.stringify(msg.error)}`));
+          else resolve(msg.return as Record<string, unknown>);
+        }
+      }
+    });
+    c.once('error', reject);
+  });
+}
+
+interface QemuSample {
+  downtimeMs: number;
+  totalMs: number;
+  bytes: number;
+  restoreWallMs: number;
+}
+
+async function qemu(dir: string, mem: number, vcpus: number, dirtyPages: number): Promise<QemuSample> {
+  const sock = join(dir, 'qmp.sock');
+  const file = join(dir, 'qemu.migration');
+  const base = qemuArgs({ memoryMiB: mem, cpus: vcpus });
+  const vm = new Proc('qemu-system-x86_64', [...base, '-qmp', `unix:${sock},server=on,wait=off`]);
+  try {
+    await vm.until(() => vm.out.endsWith(PROMPT), 'QEMU boot');
+    const dirtied = await vm.command(`mem dirty ${dirtyPages}`);
+    if (!dirtied.includes(`mem dirty pages=${dirtyPages}`)) throw new Error(`mem dirty under QEMU: ${dirtied}`);
+    await qmp(sock, { execute: 'migrate', arguments: { uri: `exec:cat > ${file}` } });
+    let info: Record<string, unknown>;
+    for (;;) {
+      info = await qmp(sock, { execute: 'query-migrate' });
+      if (info.status === 'completed') break;
+      if (info.status === 'failed' || info.status === 'cancelled') throw new Error(`QEMU migration ${info.status}: ${JSON.stringify(info)}`);
+      await new Promise((r) => setTimeout(r, 2));
+    }
+    await vm.kill();
+    const sock2 = join(dir, 'qmp2.sock');
+    const restored = new Proc('qemu-system-x86_64', [...base, '-qmp', `unix:${sock2},server=on,wait=off`, '-incoming', `exec:cat ${file}`]);
+    try {
+      const wall = await (async () => {
+        for (;;) {
+          if (existsSync(sock2)) {
+            const s = await qmp(sock2, { execute: 'query-status' }).catch(() => undefined);
+            if (s?.status === 'running') return performance.now() - restored.started;
+          }
+          if (restored.child.exitCode !== null) throw new Error(`QEMU -incoming exited: ${restored.err}`);
+          await new Promise((r) => setTimeout(r, 1));
+        }
+      })();
+      const alive = await restored.command('info', 30_000);
+      if (!alive.includes('info cpus=')) throw new Error(`the restored QEMU guest does not answer: ${alive}`);
+      return { downtimeMs: info.downtime as number, totalMs: info['total-time'] as number, bytes: statSync(file).size, restoreWallMs: wall };
+    } finally {
+      await restored.kill();
+    }
+  } finally {
+    await vm.kill();
+  }
+}
+
+interface Throughput {
+  seqWrite: number;
+  randWrite: number;
+}
+
+async function diskBench(dir: string, tracking: boolean): Promise<Throughput> {
+  const disk = join(dir, `bench-${tracking ? 'on' : 'off'}.img`);
+  writeFileSync(disk, '');
+  truncateSync(disk, 256 * 1024 * 1024);
+  const args = [MAIN, 'vm', 'run', '--mem', '256', '--disk', disk, '--exec', 'disk bench 0', ...(tracking ? [] : ['--no-track-changes'])];
+  const vm = new Proc(process.execPath, args);
+  const code = await vm.exited;
+  const m = /disk bench seq_read_mibps=\d+ seq_write_mibps=(\d+) rand_read_iops=\d+ rand_write_iops=(\d+)/.exec(vm.out);
+  if (code !== 0 || !m) throw new Error(`disk bench (tracking ${tracking ? 'on' : 'off'}) failed: ${vm.out.slice(-300)} ${vm.err}`);
+  rmSync(disk, { force: true });
+  rmSync(disk + '.lifeboat-cbt', { force: true });
+  return { seqWrite: Number(m[1]), randWrite: Number(m[2]) };
+}
+
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
+};
+const fmt = (n: number, digits = 1) => n.toFixed(digits);
+const mib = (b: number) => `${fmt(b / 2 ** 20)} MiB`;
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      runs: { type: 'string', default: '3' }, mem: { type: 'string', default: '1024' }, vcpus: { type: 'string', default: '2' },
+      'dirty-percent': { type: 'string', default: '5' }, 'no-qemu': { type: 'boolean' }, 'no-throughput': { type: 'boolean' }, docs: { type: 'boolean' },
+    },
+  });
+  const runs = Number(values.runs);
+  const mem = Number(values.mem);
+  const vcpus = Number(values.vcpus);
+  const dirtyPages = Math.round((mem * 2 ** 20 / PAGE) * Number(values['dirty-percent']) / 100);
+  const oursSamples: OursSample[] = [];
+  const qemuSamples: QemuSample[] = [];
+  const on: Throughput[] = [];
+  const off: Throughput[] = [];
+  for (let i = 0; i < runs; i++) {
+    const dir = mkdtempSync(join(tmpdir(), 'lifeboat-bench-snap-'));
+    try {
+      oursSamples.push(await ours(dir, mem, vcpus, dirtyPages));
+      if (!values['no-qemu']) qemuSamples.push(await qemu(dir, mem, vcpus, dirtyPages));
+      if (!values['no-throughput']) {
+        on.push(await diskBench(dir, true));
+        off.push(await diskBench(dir, false));
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+    process.stderr.write(`run ${i + 1}/${runs} done\n`);
+  }
+
+  const o = (k: keyof OursSample) => median(oursSamples.map((s) => s[k]));
+  const q = (k: keyof QemuSample) => median(qemuSamples.map((s) => s[k]));
+  const lines = [
+    '## Snapshots (issue 4)',
+    '',
+    `Measured by \`node dist/scripts/bench-snapshot.js --runs ${runs}\` on ${new Date().toISOString().slice(0, 10)}: the Lifeboat guest, ${mem} MiB, ${vcpus} vCPUs,`,
+    `after \`mem dirty ${dirtyPages}\` (${values['dirty-percent']}% of memory). Medians of ${runs} runs; host: ${cpus().length} cores (${cpus()[0]?.model ?? '?'}), PVM KVM,`,
+    `load average ${loadavg()[0]!.toFixed(1)} at the end (other work shares this machine: absolute numbers are noisy).`,
+    'QEMU has no incremental snapshot to a file: its column is `migrate "exec:cat > FILE"` of the whole VM',
+    '(QMP `query-migrate` downtime and total time) and `-incoming "exec:cat FILE"` until QMP `query-status` says running.',
+    '',
+    '| | Lifeboat (diff snapshot) | QEMU (migrate to file) | ratio |',
+    '| --- | --- | --- | --- |',
+  ];
+  const row = (what: string, ours: string, theirs: string, ratio: string) => lines.push(`| ${what} | ${ours} | ${theirs} | ${ratio} |`);
+  const hasQemu = qemuSamples.length > 0;
+  row('pause (guest stopped)', `${fmt(o('pauseMs'))} ms`, hasQemu ? `${fmt(q('downtimeMs'))} ms` : '-', hasQemu ? `${fmt(q('downtimeMs') / o('pauseMs'))}x` : '-');
+  row('snapshot time', `${fmt(o('totalMs'))} ms`, hasQemu ? `${fmt(q('totalMs'))} ms` : '-', hasQemu ? `${fmt(q('totalMs') / o('totalMs'))}x` : '-');
+  row('snapshot size on disk', `${mib(o('diffBytes'))} (${o('diffPages')} pages)`, hasQemu ? mib(q('bytes')) : '-', hasQemu ? `${fmt(q('bytes') / o('diffBytes'))}x` : '-');
+  row('restore to running (process start)', `${fmt(o('restoreWallMs'))} ms`, hasQemu ? `${fmt(q('restoreWallMs'))} ms` : '-', hasQemu ? `${fmt(q('restoreWallMs') / o('restoreWallMs'))}x` : '-');
+  row('restore to running (inside the VMM)', `${fmt(o('restoreVmmMs'))} ms`, '-', '-');
+  lines.push('');
+  lines.push(`Bars: diff snapshot pause < 50 ms: ${o('pauseMs') < 50 ? 'met' : 'NOT met'}; restore to running < 100 ms (inside the VMM): ${o('restoreVmmMs') < 100 ? 'met' : 'NOT met'}` +
+    (hasQemu ? `; 5x better than QEMU: pause ${q('downtimeMs') / o('pauseMs') >= 5 ? 'met' : 'NOT met'}, restore ${q('restoreWallMs') / o('restoreWallMs') >= 5 ? 'met' : 'NOT met'}.` : '.'));
+  if (on.length) {
+    const seqOn = median(on.map((t) => t.seqWrite));
+    const seqOff = median(off.map((t) => t.seqWrite));
+    const randOn = median(on.map((t) => t.randWrite));
+    const randOff = median(off.map((t) => t.randWrite));
+    lines.push('', 'Guest disk writes (`disk bench 0`, 256 MiB disk) with changed-block tracking on and off:', '',
+      '| | tracking off | tracking on | overhead |', '| --- | --- | --- | --- |',
+      `| sequential write | ${seqOff} MiB/s | ${seqOn} MiB/s | ${fmt((1 - seqOn / seqOff) * 100)}% |`,
+      `| random write | ${randOff} IOPS | ${randOn} IOPS | ${fmt((1 - randOn / randOff) * 100)}% |`, '',
+      `Bar: overhead < 5%: ${(1 - seqOn / seqOff) < 0.05 && (1 - randOn / randOff) < 0.05 ? 'met' : 'NOT met'}.`);
+  }
+  const report = lines.join('\n') + '\n';
+  process.stdout.write(report);
+  if (values.docs) {
+    const path = join(projectRoot(), 'docs', 'benchmarks.md');
+    const old = existsSync(path) ? readFileSync(path, 'utf8') : '# Benchmarks\n';
+    const start = old.indexOf('## Snapshots (issue 4)');
+    let next = start < 0 ? -1 : old.indexOf('\n## ', start + 1);
+    if (next >= 0) next += 1;
+    const updated = start < 0 ? `${old.trimEnd()}\n\n${report}` : `${old.slice(0, start)}${report}${next >= 0 ? '\n' + old.slice(next) : ''}`;
+    writeFileSync(path, updated);
+  }
+}
+
+await main();

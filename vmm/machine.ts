@@ -1,0 +1,398 @@
+// One VM, booted by a recipe that reads top to bottom (Firecracker's build_microvm_for_boot):
+// check the host -> open KVM -> create the VM (TSS, irqchip, PIT) -> guest memory and slots -> vCPUs ->
+// kernel, initrd, command line, zero page -> ACPI -> devices -> vCPU threads -> run.
+// Each step is a named function of the module that owns it. `runVm` adds what a VMM process needs
+// around one boot: reboots, the boot timeout and the control socket.
+import { ACPI_POWER_OFF_VALUE, buildAcpiTables } from './acpi/tables.js';
+import type { GuestWrite } from './boot/guest-write.js';
+import { buildZeroPage } from './boot/zero-page.js';
+import { pageTableWrites } from './cpu/page-tables.js';
+import { descriptorTableWrites } from './cpu/gdt.js';
+import type { GuestConsole } from './console.js';
+import { ControlSocket } from './control-socket.js';
+import { platformDescriptors, type DeviceDescriptor } from './devices/descriptor.js';
+import { allocateSerialState, Serial } from './devices/serial.js';
+import { DiskImageError, VirtioBlockSet } from './devices/virtio/index.js';
+import { classifyKernel, probeHost, refuseLinuxOnPvm } from './host-probe.js';
+import { VmmError } from './kvm/errors.js';
+import { Kvm } from './kvm/system.js';
+import type { VmFd, VmState } from './kvm/vm.js';
+import { COM1_GSI, HIGH_MEMORY_START, KVM_TSS_ADDR } from './layout.js';
+import { GuestMemory } from './memory.js';
+import * as libc from './sys/libc.js';
+import * as ctl from './vcpu-control.js';
+import type { VcpuState } from './vcpu-state.js';
+import { VcpuSet, type MachineEvent } from './vcpus.js';
+import { checkVcpuLimit, type ValidatedConfig } from './vm-config.js';
+
+/** How a boot of the machine ended. */
+export type MachineExit =
+  | { kind: 'poweroff'; status: number }
+  | { kind: 'reset' }
+  | { kind: 'crash'; message: string };
+
+export interface MachineStatus {
+  state: 'running' | 'paused' | 'stopping';
+  vcpus: number;
+  memoryBytes: number;
+  disks: Array<{ path: string; readOnly: boolean; sizeBytes: number }>;
+  uptimeSeconds: number;
+}
+
+export interface BootOptions {
+  console: GuestConsole;
+  /** Ask KVM to log dirty pages in every memory slot (for change tracking and snapshots). */
+  logDirtyPages?: boolean;
+  /** Device warnings (guest or I/O errors on a disk); default: one line on stderr each. */
+  onWarning?: (message: string) => void;
+}
+
+/** LIFEBOAT_VMM_TRACE=1 prints how long each boot step took (to stderr). */
+const TRACE = process.env.LIFEBOAT_VMM_TRACE === '1';
+
+function tracer(): (step: string) => void {
+  if (!TRACE) return () => {};
+  let last = performance.now();
+  return (step) => {
+    const now = performance.now();
+    process.stderr.write(`lifeboat vm trace: ${step} ${(now - last).toFixed(1)} ms (t=${now.toFixed(1)} ms)\n`);
+    last = now;
+  };
+}
+
+/** Boots `config` and returns the running machine. Nothing is left open if a step fails. */
+export async function bootMachine(config: ValidatedConfig, options: BootOptions): Promise<Machine> {
+  const cleanup: Array<() => void | Promise<void>> = [];
+  const trace = tracer();
+  try {
+    checkHost(config);
+    trace('check host');
+    const kvm = Kvm.open();
+    cleanup.push(() => kvm.close());
+    checkVcpuLimit(config.vcpus, kvm.maxVcpus());
+    trace('open KVM');
+
+    const vm = kvm.createVm();
+    cleanup.push(() => vm.close());
+    vm.createPlatform(KVM_TSS_ADDR);
+    trace('create VM');
+
+    const supportedCpuid = kvm.supportedCpuid();
+    const vcpus = VcpuSet.create(kvm, vm, config.vcpus, () => ({ kind: 'linux64', supportedCpuid, vcpuCount: config.vcpus }));
+    cleanup.push(() => vcpus.stop());
+    trace('create vCPUs');
+
+    const memory = createGuestMemory(config.memoryBytes);
+    cleanup.push(() => memory.close());
+    vm.mapMemory(memory.regions, memory.shared.hostAddress, options.logDirtyPages ?? false);
+    trace('guest memory');
+
+    const virtio = openVirtioDisks(config, memory, vm);
+    if (virtio) cleanup.push(() => virtio.stop());
+    // The I/O worker loads while the rest is built; it serves nothing until the guest runs.
+    const virtioStarted = virtio?.start();
+    virtioStarted?.catch(() => {});
+    trace('open disks');
+
+    const cmdline = guestCmdline(config, vcpus.tscKhz());
+    loadKernel(memory, config, cmdline);
+    trace('load kernel');
+
+    writeGuest(memory, buildAcpiTables({ vcpus: config.vcpus, virtioDevices: virtio?.acpiDevices() ?? [] }).writes);
+    trace('ACPI');
+
+    const platform = createPlatformDevices(vm, options.console);
+    cleanup.push(() => platform.close());
+    const devices = [...platform.descriptors, ...(virtio?.descriptors() ?? [])];
+
+    const machine = new Machine(config, kvm, vm, memory, vcpus, platform, virtio, options.onWarning ?? ((m) => process.stderr.write(`lifeboat vm: ${m}\n`)));
+    await vcpus.start({ memory, devices, onEvent: (e) => machine.onVcpuEvent(e) });
+    trace('vCPU threads');
+    await virtioStarted;
+    trace('virtio I/O worker');
+    options.console.attachSerial(platform.serial);
+    vcpus.resume();
+    trace('run');
+    return machine;
+  } catch (err) {
+    for (const undo of cleanup.reverse()) {
+      try {
+        await undo();
+      } catch {
+        // Already failing: the first error is the one to report.
+      }
+    }
+    throw err;
+  }
+}
+
+/** Refuses what this host cannot run (stock Linux on PVM), before anything is opened for writing. */
+function checkHost(config: ValidatedConfig): void {
+  const refusal = refuseLinuxOnPvm(config.kernel, probeHost());
+  if (refusal) throw new VmmError(refusal);
+}
+
+function createGuestMemory(bytes: number): GuestMemory {
+  try {
+    return GuestMemory.create(bytes);
+  } catch (err) {
+    throw new VmmError(`cannot allocate ${bytes / 2 ** 20} MiB of guest memory: ${(err as Error).message}`);
+  }
+}
+
+/** The configured command line, plus the TSC frequency for the Lifeboat guest (it cannot calibrate). */
+function guestCmdline(config: ValidatedConfig, tscKhz: number): string {
+  if (classifyKernel(config.kernel) === 'linux' || /\blifeboat\.tsc_khz=/.test(config.cmdline)) return config.cmdline;
+  return `${config.cmdline} lifeboat.tsc_khz=${tscKhz}`.trim();
+}
+
+/** Kernel payload at 1 MiB, initrd, zero page, command line, GDT/IDT and identity page tables. */
+function loadKernel(memory: GuestMemory, config: ValidatedConfig, cmdline: string): void {
+  const plan = buildZeroPage({ kernel: config.kernel, memorySize: config.memoryBytes, cmdline, initrdSize: config.initrd?.length });
+  const writes: GuestWrite[] = [{ gpa: HIGH_MEMORY_START, bytes: config.kernel.payload }, ...plan.writes, ...descriptorTableWrites(), ...pageTableWrites()];
+  if (config.initrd && plan.initrdAddress !== undefined) writes.push({ gpa: plan.initrdAddress, bytes: config.initrd });
+  writeGuest(memory, writes);
+}
+
+function writeGuest(memory: GuestMemory, writes: readonly GuestWrite[]): void {
+  for (const w of writes) memory.write(w.gpa, w.bytes);
+}
+
+/** COM1 (its interrupt through an irqfd), the i8042 reset, the exit-status port, ACPI poweroff. */
+interface PlatformDevices {
+  descriptors: DeviceDescriptor[];
+  serial: Serial;
+  close(): void;
+}
+
+function createPlatformDevices(vm: VmFd, console: GuestConsole): PlatformDevices {
+  const serialIrq = libc.eventfd();
+  vm.registerIrqfd(COM1_GSI, serialIrq);
+  const serialState = allocateSerialState();
+  return {
+    descriptors: platformDescriptors(serialState, console.writeFd, serialIrq, ACPI_POWER_OFF_VALUE),
+    serial: new Serial(serialState, { outputFd: console.writeFd, irqFd: serialIrq }),
+    close: () => libc.close(serialIrq),
+  };
+}
+
+// ---- virtio-blk disks (vmm/devices/virtio) ---------------------------------------------------------
+
+/** Opens the disk images for the VM (the first time anything opens them for writing). */
+function openVirtioDisks(config: ValidatedConfig, memory: GuestMemory, vm: VmFd): VirtioBlockSet | undefined {
+  if (config.disks.length === 0) return undefined;
+  try {
+    return VirtioBlockSet.open(config.disks.map((d) => ({ path: d.path, readOnly: d.readOnly })), { memory, vm, firstIndex: 0 });
+  } catch (err) {
+    if (err instanceof DiskImageError) throw new VmmError(err.message);
+    throw err;
+  }
+}
+
+// ---- the running machine ----------------------------------------------------------------------------
+
+export class Machine {
+  private readonly startedAt = performance.now();
+  private paused = false;
+  private stopping = false;
+  private resolveExit!: (exit: MachineExit) => void;
+  /** Resolves once, when the guest powers off, resets, crashes or is stopped. */
+  readonly exit: Promise<MachineExit>;
+
+  constructor(
+    readonly config: ValidatedConfig,
+    private readonly kvm: Kvm,
+    readonly vm: VmFd,
+    readonly memory: GuestMemory,
+    readonly vcpus: VcpuSet,
+    private readonly platform: PlatformDevices,
+    /** The VM's disks (for snapshots: quiesce, write observers). */
+    readonly virtio: VirtioBlockSet | undefined,
+    onWarning: (message: string) => void,
+  ) {
+    this.exit = new Promise((resolve) => (this.resolveExit = resolve));
+    virtio?.on('error', (err: Error) => this.fail(err.message));
+    virtio?.on('warning', (w: { disk: number; message: string }) => onWarning(`disk ${w.disk}: ${w.message}`));
+  }
+
+  /** Ends this boot with an error (the disks' I/O worker died). */
+  private fail(message: string): void {
+    if (this.vcpus.raiseEvent(ctl.EVENT_CRASH, 1)) {
+      this.stopping = true;
+      this.resolveExit({ kind: 'crash', message });
+    }
+  }
+
+  /** @internal from VcpuSet: the first machine event of this boot. */
+  onVcpuEvent(e: MachineEvent): void {
+    this.stopping = true;
+    if (e.kind === ctl.EVENT_POWEROFF) this.resolveExit({ kind: 'poweroff', status: e.status >>> 0 });
+    else if (e.kind === ctl.EVENT_RESET) this.resolveExit({ kind: 'reset' });
+    else this.resolveExit({ kind: 'crash', message: e.message ?? 'a vCPU stopped' });
+  }
+
+  status(): MachineStatus {
+    return {
+      state: this.stopping ? 'stopping' : this.paused ? 'paused' : 'running',
+      vcpus: this.config.vcpus,
+      memoryBytes: this.config.memoryBytes,
+      disks: this.config.disks.map((d) => ({ path: d.path, readOnly: d.readOnly, sizeBytes: d.sizeBytes })),
+      uptimeSeconds: Math.round((performance.now() - this.startedAt) / 10) / 100,
+    };
+  }
+
+  /** Every vCPU out of KVM_RUN and parked: memory, vCPU and device state hold still. */
+  async pause(): Promise<void> {
+    if (this.stopping) throw new VmmError('the VM is stopping');
+    await this.vcpus.pause();
+    this.paused = true;
+  }
+
+  resume(): void {
+    if (this.stopping) throw new VmmError('the VM is stopping');
+    this.paused = false;
+    this.vcpus.resume();
+  }
+
+  /** Ends this boot as if the guest had powered off with `status`. */
+  requestStop(status: number): void {
+    if (this.vcpus.raiseEvent(ctl.EVENT_POWEROFF, status)) {
+      this.stopping = true;
+      this.resolveExit({ kind: 'poweroff', status: status >>> 0 });
+    }
+  }
+
+  /** For snapshots: VM-wide KVM state and every vCPU's state (the machine must be paused). */
+  async saveState(): Promise<{ vm: VmState; vcpus: VcpuState[] }> {
+    if (!this.paused) throw new VmmError('pause the VM before saving its state');
+    return { vm: this.vm.saveState(), vcpus: await this.vcpus.saveStates() };
+  }
+
+  async loadState(state: { vm: VmState; vcpus: VcpuState[] }): Promise<void> {
+    if (!this.paused) throw new VmmError('pause the VM before loading a state');
+    this.vm.loadState(state.vm);
+    await this.vcpus.loadStates(state.vcpus);
+  }
+
+  /** Stops the vCPUs, then the disks (drained and fsynced), then releases KVM and memory. */
+  async shutdown(): Promise<void> {
+    this.stopping = true;
+    await this.vcpus.stop();
+    let diskError: unknown;
+    try {
+      await this.virtio?.stop();
+    } catch (err) {
+      diskError = err;
+    }
+    this.platform.close();
+    this.memory.close();
+    this.vm.close();
+    this.kvm.close();
+    if (diskError) throw diskError;
+  }
+}
+
+// ---- a VMM process: one VM across reboots -----------------------------------------------------------
+
+/** The Lifeboat guest's shell prompt (Contract A). */
+export const SHELL_PROMPT = 'lifeboat> ';
+/** The line the Lifeboat guest prints when its shell starts (before `lifeboat.exec` commands run). */
+export const GUEST_READY_PREFIX = 'lifeboat: ready';
+
+export interface RunOptions {
+  config: ValidatedConfig;
+  console: GuestConsole;
+  /** A guest reset ends the run (status 0) instead of booting again. */
+  noReboot?: boolean;
+  /**
+   * The guest must reach its shell within this many ms of each boot, or the run ends with a
+   * boot-timeout error; 0 disables. The Lifeboat guest has reached it when it prints its prompt or its
+   * `lifeboat: ready` line; any other kernel when it prints its first complete line.
+   */
+  bootTimeoutMs?: number;
+  apiSocket?: string;
+  logDirtyPages?: boolean;
+  onWarning?: (message: string) => void;
+  /** Called after each boot (tests, benchmarks, the control of a caller). */
+  onBoot?: (machine: Machine) => void;
+}
+
+export interface RunResult {
+  /** The process exit status: the guest's poweroff status, or 1 after an error. */
+  status: number;
+  /** Why the run failed (one line), when it did. */
+  error?: string;
+  reboots: number;
+}
+
+/** Boots the VM and runs it until the guest powers off or fails; reboots on reset. */
+export async function runVm(options: RunOptions): Promise<RunResult> {
+  let machine: Machine | undefined;
+  let stopRequested: number | undefined;
+  const control = options.apiSocket
+    ? await ControlSocket.listen(options.apiSocket, {
+      status: () => ({ ...(machine?.status() ?? { state: 'booting' }) }),
+      pause: async () => {
+        if (!machine) throw new VmmError('the VM is not running');
+        await machine.pause();
+      },
+      resume: () => {
+        if (!machine) throw new VmmError('the VM is not running');
+        machine.resume();
+      },
+      stop: (status) => {
+        stopRequested = status;
+        machine?.requestStop(status);
+      },
+    })
+    : undefined;
+  try {
+    for (let reboots = 0; ; reboots++) {
+      if (stopRequested !== undefined) return { status: stopRequested, reboots };
+      machine = await bootMachine(options.config, { console: options.console, logDirtyPages: options.logDirtyPages, onWarning: options.onWarning });
+      if (stopRequested !== undefined) machine.requestStop(stopRequested);
+      options.onBoot?.(machine);
+      const watch = watchBoot(options.console, options.bootTimeoutMs ?? 0, classifyKernel(options.config.kernel) === 'lifeboat-guest');
+      const exit = await Promise.race([machine.exit, watch.timedOut]);
+      watch.cancel();
+      if (exit === 'timeout') machine.requestStop(1);
+      await machine.shutdown();
+      machine = undefined;
+      if (exit === 'timeout') {
+        const last = options.console.lastLine();
+        const seconds = (options.bootTimeoutMs ?? 0) / 1000;
+        return { status: 1, reboots, error: `the guest did not reach its shell within ${seconds} s (last console line: ${last ? JSON.stringify(last) : 'none, the console stayed silent'})` };
+      }
+      if (exit.kind === 'poweroff') return { status: exit.status, reboots };
+      if (exit.kind === 'crash') return { status: 1, reboots, error: exit.message };
+      if (options.noReboot) return { status: 0, reboots };
+    }
+  } finally {
+    if (machine) await machine.shutdown().catch(() => {});
+    await control?.close();
+  }
+}
+
+/** Resolves 'timeout' unless the guest reaches its shell (see RunOptions.bootTimeoutMs) within `ms`. */
+function watchBoot(console: GuestConsole, ms: number, lifeboatGuest: boolean): { timedOut: Promise<'timeout'>; cancel(): void } {
+  if (ms <= 0) return { timedOut: new Promise(() => {}), cancel: () => {} };
+  let timer: NodeJS.Timeout | undefined;
+  const unlisten: Array<() => void> = [];
+  const cancel = () => {
+    if (timer) clearTimeout(timer);
+    for (const u of unlisten) u();
+  };
+  const timedOut = new Promise<'timeout'>((resolve) => {
+    timer = setTimeout(() => {
+      cancel();
+      resolve('timeout');
+    }, ms);
+    unlisten.push(console.onLine((line) => {
+      if (!lifeboatGuest || line.startsWith(GUEST_READY_PREFIX)) cancel();
+    }));
+    unlisten.push(console.listen(() => {
+      if (console.currentLine.endsWith(SHELL_PROMPT)) cancel();
+    }));
+  });
+  return { timedOut, cancel };
+}

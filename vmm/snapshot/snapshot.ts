@@ -1,0 +1,264 @@
+// Taking a VM snapshot with a short pause, and opening a snapshot chain to restore from.
+//
+// Taking one (full or diff):
+//   1. collect the dirty pages (KVM log + VMM writes) and, with the VM still running, write them (a diff)
+//      or every non-zero page (a full snapshot) into DIR.partial/memory.lbm, positionally;
+//   2. while many pages were dirtied meanwhile, collect and write those again (at most PRECOPY_ROUNDS);
+//   3. pause: collect and write the last dirtied pages, save vCPU / VM / device state (and take disk
+//      points, for a resumable recovery point), resume;
+//   4. checksum, write state.lbs, fsync, rename DIR.partial -> DIR, fsync the parent;
+//   5. only now commit the dirty pages as clean. Any failure aborts: the pages stay dirty, DIR.partial
+//      is removed, and the error says why.
+// The snapshot's instant is the pause in step 3: every page changed after its copy in steps 1-2 was
+// dirtied again and rewritten in step 3.
+import { randomUUID } from 'node:crypto';
+import { closeSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
+import { basename, dirname, join, resolve } from 'node:path';
+import type { DirtyMemoryTracker } from '../tracking/dirty-memory.js';
+import { fsyncPath, writeFileDurably } from '../tracking/durable-write.js';
+import { decodeStateFile, encodeStateFile, MEMORY_FILE, RecordSet, SnapshotFormatError, STATE_FILE, type SnapshotKind } from './format.js';
+import { mapMemoryChain, MemoryFileWriter, openMemoryFile, type MappedMemory, type MemoryFile, type MemorySource } from './memory-file.js';
+import { recordsToState, SNAPSHOT_FORMAT_NAME, stateToRecords, type SnapshotMeta, type VmSnapshotState } from './state-records.js';
+
+/** Copy rounds while the VM runs, before the final paused one. */
+export const PRECOPY_ROUNDS = 3;
+/** Stop pre-copying once a round dirtied fewer pages than this (16 MiB): the pause copies the rest. */
+export const PRECOPY_STOP_PAGES = 4096;
+
+/** What the VMM gives the snapshot code. */
+export interface SnapshotSource {
+  memory: MemorySource;
+  dirty: DirtyMemoryTracker;
+  /**
+   * False when KVM does not log this VM's dirty pages: then a full snapshot copies memory only while
+   * paused (no pre-copy), and diffs are refused.
+   */
+  dirtyLogging?: boolean;
+  pause(): Promise<void>;
+  resume(): void;
+  /**
+   * Called while paused: every vCPU's state, the VM's, the devices', the machine config and the
+   * disks (taking disk points here makes the snapshot a resumable recovery point).
+   */
+  captureState(): Promise<Omit<VmSnapshotState, 'meta'> & { meta: Pick<SnapshotMeta, 'memory' | 'devices' | 'disks' | 'machine' | 'refused'> }>;
+  /**
+   * After the resume, before the snapshot is committed: write extra files into the (partial) snapshot
+   * directory, e.g. the disks as of points taken while paused. May update `meta` (still unwritten).
+   * `failed` is set when the snapshot is being abandoned (release what captureState took).
+   */
+  afterResume?(partialDir: string, meta: SnapshotMeta, failed?: Error): Promise<void>;
+}
+
+export interface SnapshotRequest {
+  kind: SnapshotKind;
+  out: string;
+  /** Required for a diff: the snapshot it applies over (the last one this VM committed or resumed from). */
+  parentId?: string;
+}
+
+export interface SnapshotResult {
+  snapshotId: string;
+  parentId: string;
+  kind: SnapshotKind;
+  dir: string;
+  /** Time the vCPUs were paused. */
+  pauseMs: number;
+  totalMs: number;
+  /** Pages in the snapshot's memory file, and the bytes its files occupy on disk. */
+  memoryPages: number;
+  diskBytes: number;
+  precopyRounds: number;
+  /** Pages copied while paused. */
+  pausedPages: number;
+  meta: SnapshotMeta;
+}
+
+export class SnapshotError extends Error {
+  override name = 'SnapshotError';
+}
+
+function describeWriteError(err: unknown, dir: string): string {
+  const e = err as NodeJS.ErrnoException;
+  if (e.code === 'ENOSPC') return `no space left on the device holding ${dir}`;
+  if (e.code === 'EDQUOT') return `disk quota exceeded on ${dir}`;
+  if (e.code === 'EACCES' || e.code === 'EPERM') return `permission denied writing ${dir}`;
+  if (e.code === 'EROFS') return `${dir} is on a read-only filesystem`;
+  return e.message ?? String(err);
+}
+
+function allocatedBytes(dir: string): number {
+  let n = 0;
+  for (const f of [STATE_FILE, MEMORY_FILE]) n += statSync(join(dir, f)).blocks * 512;
+  return n;
+}
+
+export async function createSnapshot(source: SnapshotSource, req: SnapshotRequest): Promise<SnapshotResult> {
+  const started = performance.now();
+  const dir = resolve(req.out);
+  if (existsSync(dir)) throw new SnapshotError(`${dir} already exists: choose a new directory for the snapshot`);
+  if (!existsSync(dirname(dir))) throw new SnapshotError(`${dirname(dir)} does not exist`);
+  if (req.kind === 'diff' && !req.parentId) throw new SnapshotError('a diff snapshot needs a base: take a full snapshot of this VM first');
+  const precopy = source.dirtyLogging !== false;
+  if (req.kind === 'diff' && !precopy) throw new SnapshotError('this VM runs without dirty-page logging: only full snapshots are possible');
+  const partial = join(dirname(dir), `.${basename(dir)}.partial-${process.pid}`);
+  rmSync(partial, { recursive: true, force: true });
+  const snapshotId = randomUUID();
+  const parentId = req.kind === 'diff' ? req.parentId! : '';
+
+  let writer: MemoryFileWriter | undefined;
+  const collected = source.dirty.collect();
+  let paused = false;
+  let pauseMs = 0;
+  let rounds = 0;
+  let pausedPages = 0;
+  let afterResume: SnapshotSource['afterResume'];
+  try {
+    mkdirSync(partial);
+    writer = new MemoryFileWriter(join(partial, MEMORY_FILE), source.memory, req.kind, snapshotId);
+    if (precopy) {
+      if (req.kind === 'full') writer.writeAllNonZero();
+      else writer.writePages(collected);
+      for (rounds = 1; rounds < PRECOPY_ROUNDS; rounds++) {
+        const more = source.dirty.collectMore();
+        writer.writePages(more);
+        if (more.count() < PRECOPY_STOP_PAGES) break;
+      }
+    }
+    await source.pause();
+    paused = true;
+    const pauseStart = performance.now();
+    if (precopy) {
+      const last = source.dirty.collectMore();
+      pausedPages = last.count();
+      writer.writePages(last);
+    } else {
+      source.dirty.collectMore();
+      writer.writeAllNonZero();
+      pausedPages = writer.bytesWritten / 4096;
+    }
+    const captured = await source.captureState();
+    source.resume();
+    paused = false;
+    pauseMs = performance.now() - pauseStart;
+
+    const meta: SnapshotMeta = {
+      format: SNAPSHOT_FORMAT_NAME, kind: req.kind, snapshotId, parentId, createdAt: new Date().toISOString(),
+      vcpuCount: captured.vcpus.length, ...captured.meta,
+    };
+    if (source.afterResume) {
+      afterResume = source.afterResume;
+      await source.afterResume(partial, meta);
+    }
+    const header = writer.finish();
+    const state: VmSnapshotState = { meta, vcpus: captured.vcpus, vm: captured.vm, devices: captured.devices };
+    writeFileDurably(join(partial, STATE_FILE), [encodeStateFile({ kind: req.kind, snapshotId, parentId }, stateToRecords(state))]);
+    fsyncPath(partial);
+    renameSync(partial, dir);
+    fsyncPath(dirname(dir));
+    source.dirty.commit(collected);
+    return {
+      snapshotId, parentId, kind: req.kind, dir, pauseMs, totalMs: performance.now() - started, memoryPages: header.presentPages,
+      diskBytes: allocatedBytes(dir), precopyRounds: rounds, pausedPages, meta,
+    };
+  } catch (err) {
+    if (paused) source.resume();
+    if (afterResume) await afterResume(partial, {} as SnapshotMeta, err as Error).catch(() => {});
+    writer?.abort();
+    source.dirty.abort(collected);
+    rmSync(partial, { recursive: true, force: true });
+    const why = err instanceof SnapshotError ? err.message : describeWriteError(err, dirname(dir));
+    throw new SnapshotError(`snapshot not written: ${why}; no dirty page was lost, the next snapshot will include them`);
+  }
+}
+
+/** One snapshot directory, checked (state fully, memory header and index) but memory not read. */
+export interface OpenedSnapshot {
+  dir: string;
+  state: VmSnapshotState;
+  memory: MemoryFile;
+}
+
+export function openSnapshot(dir: string): OpenedSnapshot {
+  const statePath = join(dir, STATE_FILE);
+  if (!existsSync(statePath)) throw new SnapshotFormatError(`${dir} is not a snapshot (no ${STATE_FILE}); a snapshot that failed midway leaves nothing behind`);
+  const { header, records } = decodeStateFile(readFileSync(statePath), statePath);
+  const state = recordsToState(new RecordSet(records, statePath));
+  if (state.meta.snapshotId !== header.snapshotId || state.meta.kind !== header.kind || state.meta.parentId !== header.parentId) {
+    throw new SnapshotFormatError(`${statePath}: record 'meta' disagrees with the header`);
+  }
+  const memory = openMemoryFile(join(dir, MEMORY_FILE));
+  if (memory.header.snapshotId !== header.snapshotId) {
+    throw new SnapshotFormatError(`${join(dir, MEMORY_FILE)} belongs to snapshot ${memory.header.snapshotId}, not ${header.snapshotId}`);
+  }
+  return { dir, state, memory };
+}
+
+export interface RestoredChain {
+  /** The newest snapshot's state (what the VM resumes as). */
+  state: VmSnapshotState;
+  memory: MappedMemory;
+  /** The id a diff taken after resuming applies over. */
+  lastSnapshotId: string;
+  close(): void;
+}
+
+/**
+ * Opens `dirs` (a full snapshot, then diffs each over the one before) and maps guest memory as of the
+ * last: the full memory file privately (loaded on touch), the diffs' pages copied in.
+ */
+export function openSnapshotChain(dirs: readonly string[]): RestoredChain {
+  if (dirs.length === 0) throw new SnapshotFormatError('no snapshot given');
+  const opened: OpenedSnapshot[] = [];
+  try {
+    for (const d of dirs) opened.push(openSnapshot(d));
+    const [full, ...diffs] = opened;
+    if (full!.state.meta.kind !== 'full') throw new SnapshotFormatError(`${full!.dir} is a diff snapshot: the chain must start with a full one (its base is ${full!.state.meta.parentId})`);
+    for (let i = 0; i < diffs.length; i++) {
+      const d = diffs[i]!;
+      const prev = opened[i]!;
+      if (d.state.meta.kind !== 'diff') throw new SnapshotFormatError(`${d.dir} is a full snapshot: only the first of a chain may be`);
+      if (d.state.meta.parentId !== prev.state.meta.snapshotId) {
+        throw new SnapshotFormatError(`${d.dir} applies over snapshot ${d.state.meta.parentId}, not over ${prev.dir} (${prev.state.meta.snapshotId}): give the chain in order`);
+      }
+    }
+    const memory = mapMemoryChain(full!.memory, diffs.map((d) => d.memory));
+    const last = opened[opened.length - 1]!;
+    const closeAll = () => {
+      for (const o of opened) if (o.memory.fd !== memory.fd) closeFd(o.memory.fd);
+    };
+    closeAll();
+    let closed = false;
+    return {
+      state: last.state, memory, lastSnapshotId: last.state.meta.snapshotId,
+      close: () => {
+        if (closed) return;
+        closed = true;
+        memory.unmap();
+        closeFd(memory.fd);
+      },
+    };
+  } catch (err) {
+    for (const o of opened) closeFd(o.memory.fd);
+    throw err;
+  }
+}
+
+function closeFd(fd: number): void {
+  try {
+    closeSync(fd);
+  } catch {
+    // already closed
+  }
+}
+
+/**
+ * Refuses a restore this host cannot do faithfully. PVM (and KVM without KVM_CAP_TSC_CONTROL) cannot
+ * set a vCPU's TSC frequency: a guest timed by the saved frequency would run fast or slow elsewhere.
+ */
+export function checkRestorable(state: VmSnapshotState, host: { tscKhz: number; maxVcpus: number }): void {
+  const saved = state.vcpus[0]?.tscKhz;
+  if (saved !== undefined && saved !== host.tscKhz) {
+    throw new SnapshotFormatError(`the snapshot was taken with a TSC of ${saved} kHz, this host's is ${host.tscKhz} kHz: restore it on a host with the same TSC frequency (this KVM cannot set it)`);
+  }
+  if (state.vcpus.length > host.maxVcpus) throw new SnapshotFormatError(`the snapshot has ${state.vcpus.length} vCPUs; this host allows ${host.maxVcpus}`);
+}
