@@ -1,5 +1,5 @@
 // What every `lifeboat` command module exports. Commands live one per file in src/cli/commands/ and are
-// listed in src/cli/commands/index.ts; main.ts only dispatches.
+// listed, with a lazy loader, in src/cli/commands/index.ts; main.ts only dispatches.
 
 export interface Command {
   /** Words after `lifeboat`, e.g. ['vm', 'run'] or ['backup']. */
@@ -10,6 +10,12 @@ export interface Command {
   readonly help: string;
   /** Returns the process exit status. Throw UsageError for bad arguments. */
   run(argv: string[]): Promise<number>;
+}
+
+/** A command as the registry knows it before its module is loaded. */
+export interface CommandEntry {
+  readonly path: readonly string[];
+  load(): Promise<Command>;
 }
 
 /** Bad input from the user: printed as one line `lifeboat: MESSAGE` (no stack), exit status 2. */

@@ -1,26 +1,27 @@
 import { commands } from './commands/index.js';
-import { UsageError, UserError, type Command } from './command.js';
+import { UsageError, UserError, type CommandEntry } from './command.js';
 
-function usage(): string {
+async function usage(): Promise<string> {
+  const loaded = await Promise.all(commands.map((c) => c.load()));
   const width = Math.max(...commands.map((c) => c.path.join(' ').length), 10);
-  const lines = commands.map((c) => `  ${c.path.join(' ').padEnd(width)}  ${c.summary}`);
+  const lines = loaded.map((c) => `  ${c.path.join(' ').padEnd(width)}  ${c.summary}`);
   return ['Usage: lifeboat COMMAND [ARGS...]   (lifeboat COMMAND --help for details)', '', 'Commands:', ...lines].join('\n');
 }
 
-/** The command whose path is the longest prefix of argv. */
-function findCommand(argv: string[]): { command: Command; rest: string[] } | undefined {
-  let best: Command | undefined;
+/** The entry whose path is the longest prefix of argv. */
+function findCommand(argv: string[]): { entry: CommandEntry; rest: string[] } | undefined {
+  let best: CommandEntry | undefined;
   for (const c of commands) {
     if (c.path.every((w, i) => argv[i] === w) && (!best || c.path.length > best.path.length)) best = c;
   }
-  return best ? { command: best, rest: argv.slice(best.path.length) } : undefined;
+  return best ? { entry: best, rest: argv.slice(best.path.length) } : undefined;
 }
 
 export async function main(argv: string[]): Promise<number> {
   const debug = argv.includes('--debug');
   const args = argv.filter((a) => a !== '--debug');
   if (args.length === 0 || args[0] === '--help' || args[0] === 'help') {
-    process.stdout.write(usage() + '\n');
+    process.stdout.write((await usage()) + '\n');
     return args.length === 0 ? 2 : 0;
   }
   const found = findCommand(args);
@@ -28,24 +29,26 @@ export async function main(argv: string[]): Promise<number> {
     process.stderr.write(`lifeboat: unknown command '${args.join(' ')}'; run 'lifeboat --help' for the list\n`);
     return 2;
   }
+  const name = `lifeboat ${found.entry.path.join(' ')}`;
+  const command = await found.entry.load();
   if (found.rest.includes('--help') || found.rest.includes('-h')) {
-    process.stdout.write(found.command.help.trimEnd() + '\n');
+    process.stdout.write(command.help.trimEnd() + '\n');
     return 0;
   }
   try {
-    return await found.command.run(found.rest);
+    return await command.run(found.rest);
   } catch (err) {
     if (err instanceof UsageError) {
-      process.stderr.write(`lifeboat ${found.command.path.join(' ')}: ${err.message}\n`);
+      process.stderr.write(`${name}: ${err.message}\n`);
       return 2;
     }
     if (err instanceof UserError) {
-      process.stderr.write(`lifeboat ${found.command.path.join(' ')}: ${err.message}\n`);
+      process.stderr.write(`${name}: ${err.message}\n`);
       return err.exitCode;
     }
     if (debug) throw err;
     const message = err instanceof Error ? err.message : String(err);
-    process.stderr.write(`lifeboat ${found.command.path.join(' ')}: ${message} (run with --debug for details)\n`);
+    process.stderr.write(`${name}: ${message} (run with --debug for details)\n`);
     return 1;
   }
 }

@@ -1,47 +1,30 @@
-import type { Command } from '../command.js';
-import { backupCommand } from './backup.js';
-import { forgetCommand } from './forget.js';
-import { gcCommand } from './gc.js';
-import { pointsList, pointsShow } from './points.js';
-import { repoInit } from './repo-init.js';
-import { repoKeyAdd, repoKeyList, repoKeyRemove } from './repo-key.js';
-import { restoreCommand } from './restore.js';
-import { verifyCommand } from './verify.js';
-import { doctorCommand } from './doctor.js';
-import { pointCreate } from './point-create.js';
-import { pointExport } from './point-export.js';
-import { pointList } from './point-list.js';
-import { pointRelease } from './point-release.js';
-import { vmRestore } from './restore-vm.js';
-import { snapshotCreate } from './snapshot-create.js';
-import { siteServeCommand } from './site-serve.js';
-import { vmPause, vmResume, vmStatus, vmStop } from './vm-control.js';
-import { vmRun } from './vm-run.js';
+import type { CommandEntry } from '../command.js';
 
-// One line per command module; keep sorted by path.
-export const commands: Command[] = [
-  backupCommand,
-  doctorCommand,
-  forgetCommand,
-  gcCommand,
-  pointCreate,
-  pointExport,
-  pointList,
-  pointRelease,
-  pointsList,
-  pointsShow,
-  repoInit,
-  repoKeyAdd,
-  repoKeyList,
-  repoKeyRemove,
-  restoreCommand,
-  siteServeCommand,
-  snapshotCreate,
-  verifyCommand,
-  vmPause,
-  vmRestore,
-  vmResume,
-  vmRun,
-  vmStatus,
-  vmStop,
+// Every command by path, its module loaded only when it runs (so `vm run` does not pay for the S3 SDK).
+// One line per command, sorted by path; test/cli/commands.test.ts checks each entry against its module.
+export const commands: CommandEntry[] = [
+  { path: ['backup'], load: async () => (await import('./backup.js')).backupCommand },
+  { path: ['doctor'], load: async () => (await import('./doctor.js')).doctorCommand },
+  { path: ['forget'], load: async () => (await import('./forget.js')).forgetCommand },
+  { path: ['gc'], load: async () => (await import('./gc.js')).gcCommand },
+  { path: ['point', 'create'], load: async () => (await import('./point-create.js')).pointCreate },
+  { path: ['point', 'export'], load: async () => (await import('./point-export.js')).pointExport },
+  { path: ['point', 'list'], load: async () => (await import('./point-list.js')).pointList },
+  { path: ['point', 'release'], load: async () => (await import('./point-release.js')).pointRelease },
+  { path: ['points', 'list'], load: async () => (await import('./points.js')).pointsList },
+  { path: ['points', 'show'], load: async () => (await import('./points.js')).pointsShow },
+  { path: ['repo', 'init'], load: async () => (await import('./repo-init.js')).repoInit },
+  { path: ['repo', 'key', 'add'], load: async () => (await import('./repo-key.js')).repoKeyAdd },
+  { path: ['repo', 'key', 'list'], load: async () => (await import('./repo-key.js')).repoKeyList },
+  { path: ['repo', 'key', 'remove'], load: async () => (await import('./repo-key.js')).repoKeyRemove },
+  { path: ['restore'], load: async () => (await import('./restore.js')).restoreCommand },
+  { path: ['site', 'serve'], load: async () => (await import('./site-serve.js')).siteServeCommand },
+  { path: ['snapshot', 'create'], load: async () => (await import('./snapshot-create.js')).snapshotCreate },
+  { path: ['verify'], load: async () => (await import('./verify.js')).verifyCommand },
+  { path: ['vm', 'pause'], load: async () => (await import('./vm-control.js')).vmPause },
+  { path: ['vm', 'restore'], load: async () => (await import('./restore-vm.js')).vmRestore },
+  { path: ['vm', 'resume'], load: async () => (await import('./vm-control.js')).vmResume },
+  { path: ['vm', 'run'], load: async () => (await import('./vm-run.js')).vmRun },
+  { path: ['vm', 'status'], load: async () => (await import('./vm-control.js')).vmStatus },
+  { path: ['vm', 'stop'], load: async () => (await import('./vm-control.js')).vmStop },
 ];
