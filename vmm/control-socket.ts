@@ -18,6 +18,11 @@ export interface ControlHandlers {
   pause(): Promise<void>;
   resume(): void;
   stop(status: number): void;
+  /**
+   * Every other op (change tracking, points, snapshots register theirs here): the response fields, or
+   * undefined for "not an op I know". Throwing answers {"ok":false,"error":message}.
+   */
+  other?(request: { op: string } & Record<string, unknown>): Promise<Record<string, unknown> | undefined>;
 }
 
 const MAX_LINE = 64 * 1024;
@@ -119,8 +124,13 @@ async function handle(line: string, handlers: ControlHandlers): Promise<ControlR
         handlers.stop(status);
         return { ok: true, state: 'stopping', status };
       }
-      default:
+      default: {
+        if (typeof op === 'string' && handlers.other) {
+          const result = await handlers.other(request as { op: string } & Record<string, unknown>);
+          if (result) return { ok: true, ...result };
+        }
         return { ok: false, error: `unknown op ${JSON.stringify(op)}: use status, pause, resume or stop` };
+      }
     }
   } catch (err) {
     return { ok: false, error: (err as Error).message };
@@ -128,7 +138,7 @@ async function handle(line: string, handlers: ControlHandlers): Promise<ControlR
 }
 
 /** Client side: sends one request and returns the response (used by `lifeboat vm status|pause|...`). */
-export async function controlRequest(path: string, request: ControlRequest, timeoutMs = 10_000): Promise<ControlResponse> {
+export async function controlRequest(path: string, request: ControlRequest | ({ op: string } & Record<string, unknown>), timeoutMs = 10_000): Promise<ControlResponse> {
   return await new Promise<ControlResponse>((resolve, reject) => {
     const socket = createConnection(path);
     let text = '';

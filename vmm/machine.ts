@@ -23,6 +23,11 @@ import * as libc from './sys/libc.js';
 import * as ctl from './vcpu-control.js';
 import type { VcpuState } from './vcpu-state.js';
 import { VcpuSet, type MachineEvent } from './vcpus.js';
+import { enableDirtyLogging, type DirtyLogMode } from './tracking/dirty-memory.js';
+import { DiskTracking } from './tracking/disk-tracking.js';
+import { recoveryControlOps } from './snapshot/control-ops.js';
+import type { RestoredChain } from './snapshot/snapshot.js';
+import { SnapshotService } from './snapshot/snapshot-service.js';
 import { checkVcpuLimit, type ValidatedConfig } from './vm-config.js';
 
 /** How a boot of the machine ended. */
@@ -45,6 +50,10 @@ export interface BootOptions {
   logDirtyPages?: boolean;
   /** Device warnings (guest or I/O errors on a disk); default: one line on stderr each. */
   onWarning?: (message: string) => void;
+  /** Change tracking of the disks: its write observers are installed before the first request. */
+  tracking?: DiskTracking;
+  /** Resume this snapshot (memory, VM, vCPU and device state) instead of booting the kernel. */
+  restore?: RestoredChain;
 }
 
 /** LIFEBOAT_VMM_TRACE=1 prints how long each boot step took (to stderr). */
@@ -65,54 +74,60 @@ export async function bootMachine(config: ValidatedConfig, options: BootOptions)
   const cleanup: Array<() => void | Promise<void>> = [];
   const trace = tracer();
   try {
-    checkHost(config);
-    trace('check host');
-    const kvm = Kvm.open();
+    const kvm = openCheckedKvm(config);
     cleanup.push(() => kvm.close());
-    checkVcpuLimit(config.vcpus, kvm.maxVcpus());
-    trace('open KVM');
+    trace('check host, open KVM');
 
     const vm = kvm.createVm();
     cleanup.push(() => vm.close());
     vm.createPlatform(KVM_TSS_ADDR);
     trace('create VM');
 
+    const restore = options.restore;
     const supportedCpuid = kvm.supportedCpuid();
-    const vcpus = VcpuSet.create(kvm, vm, config.vcpus, () => ({ kind: 'linux64', supportedCpuid, vcpuCount: config.vcpus }));
+    const vcpus = VcpuSet.create(kvm, vm, config.vcpus, (i) => (restore ? { kind: 'restore', state: restore.state.vcpus[i]! } : { kind: 'linux64', supportedCpuid, vcpuCount: config.vcpus }));
     cleanup.push(() => vcpus.stop());
     trace('create vCPUs');
 
-    const memory = createGuestMemory(config.memoryBytes);
+    const memory = restore ? GuestMemory.adopt(restore.memory, () => restore.close()) : createGuestMemory(config.memoryBytes);
     cleanup.push(() => memory.close());
-    vm.mapMemory(memory.regions, memory.shared.hostAddress, options.logDirtyPages ?? false);
+    // Manual-protect dirty logging must be enabled before the slots exist (vmm/tracking/dirty-memory.ts).
+    const dirtyLogMode = options.logDirtyPages ? enableDirtyLogging(vm) : undefined;
+    vm.mapMemory(memory.regions, memory.shared.hostAddress, dirtyLogMode !== undefined);
     trace('guest memory');
 
-    const virtio = openVirtioDisks(config, memory, vm);
+    const virtio = openVirtioDisks(config, memory, vm, options.tracking);
     if (virtio) cleanup.push(() => virtio.stop());
-    // The I/O worker loads while the rest is built; it serves nothing until the guest runs.
+    if (virtio && restore) virtio.loadStates(config.disks.map((_, i) => savedDevice(restore.state.devices, virtioStateName(i))));
+    // The I/O worker loads while the rest is built. The guest need not wait for it: its queue
+    // notifications wait in the ioeventfds until the worker polls them.
     const virtioStarted = virtio?.start();
     virtioStarted?.catch(() => {});
     trace('open disks');
 
-    const cmdline = guestCmdline(config, vcpus.tscKhz());
-    loadKernel(memory, config, cmdline);
-    trace('load kernel');
+    if (!restore) {
+      const cmdline = guestCmdline(config, vcpus.tscKhz());
+      loadKernel(memory, config, cmdline);
+      trace('load kernel');
+      writeGuest(memory, buildAcpiTables({ vcpus: config.vcpus, virtioDevices: virtio?.acpiDevices() ?? [] }).writes);
+      trace('ACPI');
+    } else {
+      // Memory already holds the running system; PIT, PIC/IOAPIC and kvmclock come back first.
+      vm.loadState(restore.state.vm);
+      trace('VM state');
+    }
 
-    writeGuest(memory, buildAcpiTables({ vcpus: config.vcpus, virtioDevices: virtio?.acpiDevices() ?? [] }).writes);
-    trace('ACPI');
-
-    const platform = createPlatformDevices(vm, options.console);
+    const platform = createPlatformDevices(vm, options.console, restore?.state.devices[SERIAL_STATE_NAME]);
     cleanup.push(() => platform.close());
     const devices = [...platform.descriptors, ...(virtio?.descriptors() ?? [])];
 
-    const machine = new Machine(config, kvm, vm, memory, vcpus, platform, virtio, options.onWarning ?? ((m) => process.stderr.write(`lifeboat vm: ${m}\n`)));
+    const machine = new Machine(config, kvm, vm, memory, vcpus, platform, virtio, options.onWarning ?? ((m) => process.stderr.write(`lifeboat vm: ${m}\n`)), dirtyLogMode);
     await vcpus.start({ memory, devices, onEvent: (e) => machine.onVcpuEvent(e) });
     trace('vCPU threads');
-    await virtioStarted;
-    trace('virtio I/O worker');
     options.console.attachSerial(platform.serial);
     vcpus.resume();
     trace('run');
+    virtioStarted?.then(() => trace('virtio I/O worker serving'), (err: Error) => machine.fail(err.message));
     return machine;
   } catch (err) {
     for (const undo of cleanup.reverse()) {
@@ -126,10 +141,21 @@ export async function bootMachine(config: ValidatedConfig, options: BootOptions)
   }
 }
 
-/** Refuses what this host cannot run (stock Linux on PVM), before anything is opened for writing. */
-function checkHost(config: ValidatedConfig): void {
+/**
+ * Refuses what this host cannot run (stock Linux on PVM, no KVM, too many vCPUs) before anything is
+ * opened for writing, and returns the open KVM device.
+ */
+function openCheckedKvm(config: ValidatedConfig): Kvm {
   const refusal = refuseLinuxOnPvm(config.kernel, probeHost());
   if (refusal) throw new VmmError(refusal);
+  const kvm = Kvm.open();
+  try {
+    checkVcpuLimit(config.vcpus, kvm.maxVcpus());
+    return kvm;
+  } catch (err) {
+    kvm.close();
+    throw err;
+  }
 }
 
 function createGuestMemory(bytes: number): GuestMemory {
@@ -162,14 +188,23 @@ function writeGuest(memory: GuestMemory, writes: readonly GuestWrite[]): void {
 interface PlatformDevices {
   descriptors: DeviceDescriptor[];
   serial: Serial;
+  serialState: SharedArrayBuffer;
   close(): void;
 }
 
-function createPlatformDevices(vm: VmFd, console: GuestConsole): PlatformDevices {
+/** Name of the serial port's state in a snapshot (the i8042, exit port and ACPI sleep port hold none). */
+const SERIAL_STATE_NAME = 'serial0';
+
+function createPlatformDevices(vm: VmFd, console: GuestConsole, restoredSerial?: Uint8Array): PlatformDevices {
   const serialIrq = libc.eventfd();
   vm.registerIrqfd(COM1_GSI, serialIrq);
   const serialState = allocateSerialState();
+  if (restoredSerial) {
+    new Uint8Array(serialState).set(restoredSerial);
+    Atomics.store(new Int32Array(serialState), 0, 0); // the lock word belongs to this process
+  }
   return {
+    serialState,
     descriptors: platformDescriptors(serialState, console.writeFd, serialIrq, ACPI_POWER_OFF_VALUE),
     serial: new Serial(serialState, { outputFd: console.writeFd, irqFd: serialIrq }),
     close: () => libc.close(serialIrq),
@@ -179,14 +214,22 @@ function createPlatformDevices(vm: VmFd, console: GuestConsole): PlatformDevices
 // ---- virtio-blk disks (vmm/devices/virtio) ---------------------------------------------------------
 
 /** Opens the disk images for the VM (the first time anything opens them for writing). */
-function openVirtioDisks(config: ValidatedConfig, memory: GuestMemory, vm: VmFd): VirtioBlockSet | undefined {
+function openVirtioDisks(config: ValidatedConfig, memory: GuestMemory, vm: VmFd, tracking?: DiskTracking): VirtioBlockSet | undefined {
   if (config.disks.length === 0) return undefined;
   try {
-    return VirtioBlockSet.open(config.disks.map((d) => ({ path: d.path, readOnly: d.readOnly })), { memory, vm, firstIndex: 0 });
+    return VirtioBlockSet.open(config.disks.map((d, i) => ({ path: d.path, readOnly: d.readOnly, observer: tracking?.observer(i) })), { memory, vm, firstIndex: 0 });
   } catch (err) {
     if (err instanceof DiskImageError) throw new VmmError(err.message);
     throw err;
   }
+}
+
+const virtioStateName = (disk: number) => `virtio-blk/${disk}`;
+
+function savedDevice(devices: Record<string, Uint8Array>, name: string): Uint8Array {
+  const state = devices[name];
+  if (!state) throw new VmmError(`the snapshot has no state for device '${name}': it was taken of a VM with other devices`);
+  return state;
 }
 
 // ---- the running machine ----------------------------------------------------------------------------
@@ -209,14 +252,16 @@ export class Machine {
     /** The VM's disks (for snapshots: quiesce, write observers). */
     readonly virtio: VirtioBlockSet | undefined,
     onWarning: (message: string) => void,
+    /** Set when KVM logs dirty pages (snapshots need it for diffs). */
+    readonly dirtyLogMode?: DirtyLogMode,
   ) {
     this.exit = new Promise((resolve) => (this.resolveExit = resolve));
     virtio?.on('error', (err: Error) => this.fail(err.message));
     virtio?.on('warning', (w: { disk: number; message: string }) => onWarning(`disk ${w.disk}: ${w.message}`));
   }
 
-  /** Ends this boot with an error (the disks' I/O worker died). */
-  private fail(message: string): void {
+  /** Ends this boot with an error (the disks' I/O worker failed or died). */
+  fail(message: string): void {
     if (this.vcpus.raiseEvent(ctl.EVENT_CRASH, 1)) {
       this.stopping = true;
       this.resolveExit({ kind: 'crash', message });
@@ -241,17 +286,45 @@ export class Machine {
     };
   }
 
-  /** Every vCPU out of KVM_RUN and parked: memory, vCPU and device state hold still. */
+  private releaseDisks: (() => void) | undefined;
+
+  /** Every vCPU out of KVM_RUN and parked, no disk request half done: memory, vCPU and device state hold still. */
   async pause(): Promise<void> {
     if (this.stopping) throw new VmmError('the VM is stopping');
     await this.vcpus.pause();
+    if (this.virtio && !this.releaseDisks) {
+      await new Promise<void>((quiesced, failed) => {
+        this.virtio!.quiesce('all', () => {
+          quiesced();
+          return new Promise<void>((release) => (this.releaseDisks = release));
+        }).catch(failed);
+      });
+    }
     this.paused = true;
   }
 
   resume(): void {
     if (this.stopping) throw new VmmError('the VM is stopping');
     this.paused = false;
+    this.releaseDisks?.();
+    this.releaseDisks = undefined;
     this.vcpus.resume();
+  }
+
+  /** Device state for a snapshot (the machine must be paused): a copy of every stateful device's SAB. */
+  saveDeviceStates(): Record<string, Uint8Array> {
+    if (!this.paused) throw new VmmError('pause the VM before saving its devices');
+    const out: Record<string, Uint8Array> = { [SERIAL_STATE_NAME]: Uint8Array.from(new Uint8Array(this.platform.serialState)) };
+    this.virtio?.saveStates().forEach((state, i) => (out[virtioStateName(i)] = state));
+    return out;
+  }
+
+  /** What a restore needs to rebuild this machine around saved state. */
+  describe(): Record<string, unknown> {
+    return {
+      kernelPath: this.config.kernelPath, cmdline: this.config.cmdline, vcpus: this.config.vcpus, memoryBytes: this.config.memoryBytes,
+      disks: this.config.disks.map((d) => ({ path: d.path, readOnly: d.readOnly, sizeBytes: d.sizeBytes })),
+    };
   }
 
   /** Ends this boot as if the guest had powered off with `status`. */
@@ -312,9 +385,15 @@ export interface RunOptions {
   bootTimeoutMs?: number;
   apiSocket?: string;
   logDirtyPages?: boolean;
+  /** Track changed blocks of the writable disks (saved beside each image at a clean stop). */
+  trackChanges?: { granularity: number } | false;
+  /** Resume this snapshot chain for the first boot (a later guest reset boots the kernel). */
+  restoreFrom?: RestoredChain;
   onWarning?: (message: string) => void;
   /** Called after each boot (tests, benchmarks, the control of a caller). */
   onBoot?: (machine: Machine) => void;
+  /** Control-socket ops beyond status/pause/resume/stop (see ControlHandlers.other). */
+  controlOps?: (request: { op: string } & Record<string, unknown>, machine: Machine | undefined) => Promise<Record<string, unknown> | undefined>;
 }
 
 export interface RunResult {
@@ -328,7 +407,18 @@ export interface RunResult {
 /** Boots the VM and runs it until the guest powers off or fails; reboots on reset. */
 export async function runVm(options: RunOptions): Promise<RunResult> {
   let machine: Machine | undefined;
+  let snapshots: SnapshotService | undefined;
   let stopRequested: number | undefined;
+  let restore = options.restoreFrom;
+  // Host checks first: a VM this host refuses must not mark its disks' change tracking as in use.
+  openCheckedKvm(options.config).close();
+  // One tracker per disk for the whole process (across guest reboots); saved only at a clean end.
+  const tracking = options.trackChanges ? DiskTracking.open(options.config.disks, options.trackChanges) : undefined;
+  const recovery = recoveryControlOps({
+    disks: tracking,
+    snapshots: () => snapshots,
+    quiesceAll: async (fn) => (machine?.virtio ? await machine.virtio.quiesce('all', fn) : fn()),
+  });
   const control = options.apiSocket
     ? await ControlSocket.listen(options.apiSocket, {
       status: () => ({ ...(machine?.status() ?? { state: 'booting' }) }),
@@ -344,31 +434,40 @@ export async function runVm(options: RunOptions): Promise<RunResult> {
         stopRequested = status;
         machine?.requestStop(status);
       },
+      other: async (request) => (await recovery(request)) ?? (options.controlOps ? await options.controlOps(request, machine) : undefined),
     })
     : undefined;
   try {
     for (let reboots = 0; ; reboots++) {
       if (stopRequested !== undefined) return { status: stopRequested, reboots };
-      machine = await bootMachine(options.config, { console: options.console, logDirtyPages: options.logDirtyPages, onWarning: options.onWarning });
+      machine = await bootMachine(options.config, { console: options.console, logDirtyPages: options.logDirtyPages, onWarning: options.onWarning, tracking, restore });
+      snapshots = new SnapshotService(machine, { disks: tracking, restoredFrom: restore?.lastSnapshotId });
+      restore = undefined;
       if (stopRequested !== undefined) machine.requestStop(stopRequested);
       options.onBoot?.(machine);
       const watch = watchBoot(options.console, options.bootTimeoutMs ?? 0, classifyKernel(options.config.kernel) === 'lifeboat-guest');
       const exit = await Promise.race([machine.exit, watch.timedOut]);
       watch.cancel();
       if (exit === 'timeout') machine.requestStop(1);
+      snapshots = undefined;
       await machine.shutdown();
       machine = undefined;
       if (exit === 'timeout') {
+        tracking?.close();
         const last = options.console.lastLine();
         const seconds = (options.bootTimeoutMs ?? 0) / 1000;
         return { status: 1, reboots, error: `the guest did not reach its shell within ${seconds} s (last console line: ${last ? JSON.stringify(last) : 'none, the console stayed silent'})` };
       }
-      if (exit.kind === 'poweroff') return { status: exit.status, reboots };
+      if (exit.kind === 'poweroff') {
+        tracking?.close();
+        return { status: exit.status, reboots };
+      }
       if (exit.kind === 'crash') return { status: 1, reboots, error: exit.message };
       if (options.noReboot) return { status: 0, reboots };
     }
   } finally {
     if (machine) await machine.shutdown().catch(() => {});
+    restore?.close();
     await control?.close();
   }
 }

@@ -36,7 +36,7 @@ export class GuestMemory {
   private readonly bytesView: Uint8Array;
   private readonly dirty: Int32Array;
 
-  private constructor(readonly shared: SharedGuestMemory, private readonly owner: boolean) {
+  private constructor(readonly shared: SharedGuestMemory, private readonly owner: boolean, private readonly release?: () => void) {
     this.bytesView = libc.view(shared.hostAddress, shared.size);
     this.dirty = new Int32Array(shared.vmmDirty);
   }
@@ -55,6 +55,16 @@ export class GuestMemory {
       libc.close(fd);
       throw err;
     }
+  }
+
+  /**
+   * Takes ownership of memory mapped elsewhere (a VM snapshot's private mapping): `close()` calls
+   * `release` instead of unmapping a memfd. A fresh VMM-dirty bitmap is made.
+   */
+  static adopt(mapping: { fd: number; size: number; hostAddress: bigint }, release: () => void): GuestMemory {
+    const { fd, size, hostAddress } = mapping;
+    const vmmDirty = new SharedArrayBuffer(Math.ceil(size / PAGE_SIZE / 32) * 4);
+    return new GuestMemory({ fd, size, hostAddress, regions: layoutRegions(size), vmmDirty }, true, release);
   }
 
   /** The same memory, seen from a worker thread of the same process. */
@@ -131,6 +141,7 @@ export class GuestMemory {
   /** Unmaps and closes the memfd (owner only; views attached in workers become invalid). */
   close(): void {
     if (!this.owner) return;
+    if (this.release) return this.release();
     libc.munmap(this.shared.hostAddress, this.shared.size);
     libc.close(this.shared.fd);
   }

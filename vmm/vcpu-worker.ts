@@ -224,3 +224,5 @@ if (configureError) {
 }
 Atomics.store(control, me + ctl.STATE, ctl.STOPPED);
 Atomics.notify(control, me + ctl.STATE);
+// Ends this thread (not the process) even though its message ports are still open.
+process.exit(0);

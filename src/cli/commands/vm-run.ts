@@ -39,6 +39,11 @@ Options:
   --boot-timeout S      fail if the guest prints no complete line and no shell prompt within S seconds
                         of each boot (default ${DEFAULT_BOOT_TIMEOUT_S}; 0 = no limit)
   --no-reboot           a guest reboot ends the VMM (status 0) instead of booting again
+  --track-granularity SIZE
+                        changed-block tracking granularity of writable disks: 4K..1M, a power of two
+                        (default 64K); the bitmap is kept beside each image (IMAGE.lifeboat-cbt), see
+                        docs/change-tracking.md
+  --no-track-changes    do not track changed blocks
   --debug               stack traces for unexpected errors
 
 On a terminal, Ctrl-] stops the VM. SIGTERM and SIGINT stop it too (status 143/130); disks are flushed.
@@ -119,16 +124,23 @@ export const vmRun: Command = {
           'api-sock': { type: 'string' },
           'boot-timeout': { type: 'string' },
           'no-reboot': { type: 'boolean' },
+          'track-granularity': { type: 'string' },
+          'no-track-changes': { type: 'boolean' },
         },
       });
     } catch (err) {
       throw new UsageError((err as Error).message);
     }
     const values = parsed.values;
+    const trace = process.env.LIFEBOAT_VMM_TRACE === '1'
+      ? (what: string) => process.stderr.write(`lifeboat vm trace: ${what} (t=${performance.now().toFixed(1)} ms)\n`)
+      : () => {};
+    trace('command started');
     const vcpus = parseNumber('vcpus', values.vcpus, DEFAULT_VCPUS);
     if (vcpus >= 1 && vcpus <= 64) prewarmVcpuWorkers(vcpus);
     const vmm = await import('../../../vmm/index.js');
     const bootErrors = await import('../../../vmm/boot/errors.js');
+    trace('VMM code loaded');
     let built;
     try {
       built = buildConfig(vmm, values);
@@ -136,7 +148,8 @@ export const vmRun: Command = {
       throw asUserError(vmm, bootErrors, err);
     }
 
-    return await runInForeground(vmm, bootErrors, values, { config: built.config, bootTimeoutMs: built.bootTimeoutMs });
+    const trackChanges = values['no-track-changes'] ? false as const : { granularity: parseGranularity(values['track-granularity']) };
+    return await runInForeground(vmm, bootErrors, values, { config: built.config, bootTimeoutMs: built.bootTimeoutMs, trackChanges, logDirtyPages: true });
   },
 };
 
