@@ -18,6 +18,7 @@ import { cpus, freemem, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { encodeChangeBitmap, changeBitmapFromRanges } from '../replication/repository/change-bitmap.js';
+import { DEFAULT_COMPRESSION } from '../replication/repository/constants.js';
 import { projectRoot } from '../src/util/project-root.js';
 
 const MiB = 1024 * 1024;
@@ -530,7 +531,7 @@ function sweep(o: Options, images: Images): string {
     '|---|---|---|---|',
     ...compRows,
     '',
-    '#### Worker threads (64 KiB chunks, brotli-1)',
+    `#### Worker threads (64 KiB chunks, ${DEFAULT_COMPRESSION})`,
     '',
     '| workers | full backup, wall (CPU) | restore, wall (CPU) |',
     '|---|---|---|',
@@ -599,7 +600,7 @@ function main(): void {
     '',
     `Command: \`node dist/scripts/bench-repository.js\` (${o.rounds} rounds, tools interleaved in rotating order; medians). ${setup}`,
     'Each round and tool starts from a fresh repository and a fresh copy of the image, in the page cache. Lifeboat is driven through its CLI,',
-    `encrypted (AES-256-GCM, brotli); its incremental gets the change bitmap the VMM would export (${VMM_GRANULARITY / 1024} KiB granules). restic ${'uses'} its`,
+    `encrypted (AES-256-GCM, ${DEFAULT_COMPRESSION}); its incremental gets the change bitmap the VMM would export (${VMM_GRANULARITY / 1024} KiB granules). restic uses its`,
     'defaults (repository v2, auto compression); borg uses `repokey-blake2` and lz4. Lifeboat fsyncs the restored image before it reports',
     'success; restic and borg do not. Bytes added are `du -sb` of the repository.',
     '',

@@ -65,13 +65,16 @@ export function encodeBlob(plain: Uint8Array, id: Buffer, type: BlobType, sealer
 }
 
 export function decodeBlob(stored: Uint8Array, d: BlobDescriptor, sealer: Sealer): Buffer {
-  if (zlib.crc32(stored) !== d.crc32) throw new BlobError('checksum', 'stored bytes do not match their CRC-32 (damaged in storage)');
+  // A sealed blob is authenticated by its GCM tag, which covers every stored byte; the CRC is then
+  // computed only to tell storage damage from tampering. An unencrypted blob is checked by its CRC first.
+  if (!sealer.encrypted && zlib.crc32(stored) !== d.crc32) throw new BlobError('checksum', 'stored bytes do not match their CRC-32 (damaged in storage)');
   let data: Buffer;
   try {
     data = sealer.open(stored, blobAad(d.id, d.type, d.compression));
   } catch (err) {
-    if (err instanceof AuthenticationError) throw new BlobError('authentication', 'blob failed authentication (damaged or tampered with)');
-    throw err;
+    if (!(err instanceof AuthenticationError)) throw err;
+    if (zlib.crc32(stored) !== d.crc32) throw new BlobError('checksum', 'stored bytes do not match their CRC-32 (damaged in storage)');
+    throw new BlobError('authentication', 'blob failed authentication (damaged or tampered with)');
   }
   let plain: Buffer;
   if (d.compression === Compression.Brotli) {

@@ -12,8 +12,15 @@ export const PACKS_PREFIX = 'packs/';
 export const INDEX_PREFIX = 'index/';
 export const POINTS_PREFIX = 'points/';
 export const LEASES_PREFIX = 'leases/';
-/** The exclusive lease one garbage collection holds while it runs. */
-export const GC_LEASE_KEY = 'leases/gc';
+/**
+ * The exclusive lease one garbage collection holds while it runs: `leases/gc-N`, the highest N being the
+ * current one. Numbering (instead of one fixed key) keeps gc working where old leases cannot be deleted
+ * (retention-locked stores): the next gc creates N+1.
+ */
+export const GC_LEASE_PREFIX = 'leases/gc-';
+export function gcLeaseKey(n: number): string {
+  return `${GC_LEASE_PREFIX}${n}`;
+}
 /** Packs a garbage collection found unreferenced and will delete once no older lease can use them. */
 export const CONDEMNED_KEY = 'gc/condemned';
 
@@ -82,7 +89,7 @@ export enum Compression {
 /** Compression is kept only when it saves at least 1/COMPRESSION_MIN_SAVING_DIVISOR of the blob. */
 export const COMPRESSION_MIN_SAVING_DIVISOR = 8;
 /** Chosen by measurement (docs/benchmarks.md, "Choosing the compression"). */
-export const DEFAULT_COMPRESSION = 'brotli-1';
+export const DEFAULT_COMPRESSION = 'brotli-0';
 
 // ---------------------------------------------------------------------------------------------------
 // Encryption

@@ -16,7 +16,7 @@ import { ObjectLockedError } from '../target.js';
 import { ChunkIndex, PACK_RANK } from './chunk-index.js';
 import { mapLimit } from './concurrency.js';
 import { CONDEMNED_FORMAT, readCondemned, type CondemnedRecord } from './condemned.js';
-import { CHUNK_ID_BYTES, CONDEMNED_KEY, ZERO_CHUNK_ID, indexKey, packKey } from './constants.js';
+import { CHUNK_ID_BYTES, CONDEMNED_KEY, GC_LEASE_PREFIX, ZERO_CHUNK_ID, indexKey, packKey } from './constants.js';
 import { PointNotFoundError, RepositoryError } from './errors.js';
 import type { PackIndexContents } from './layout.js';
 import { Lease, leaseAlive, listLeases } from './leases.js';
@@ -53,7 +53,11 @@ export class GcAbortedError extends RepositoryError {}
 /** Packs holding the copy of a needed blob that the index chose (see ChunkIndex ranks). */
 type Marked = Set<string>;
 
-async function markPoints(repo: Repository, pointIds: string[], index: ChunkIndex, marked: Marked): Promise<void> {
+/**
+ * Marks the packs the points need. `refresh` loads index objects written since gc listed them: a point
+ * committed while gc runs keeps its map pages in packs gc had not seen.
+ */
+async function markPoints(repo: Repository, pointIds: string[], index: ChunkIndex, marked: Marked, refresh: () => Promise<void>): Promise<void> {
   const need = (id: Buffer) => {
     const loc = index.get(id);
     if (loc) marked.add(loc.packId);
@@ -69,6 +73,7 @@ async function markPoints(repo: Repository, pointIds: string[], index: ChunkInde
       );
     }
     for (const { label, image } of pointImages(manifest)) {
+      if (image.pages.some((page) => !index.has(Buffer.from(page, 'hex')))) await refresh();
       for (const page of image.pages) need(Buffer.from(page, 'hex'));
       let map: Buffer;
       try {
@@ -100,15 +105,23 @@ export async function gc(repo: Repository, options: GcOptions = {}): Promise<GcR
     const packs = await repo.listPacks();
     const condemnedBefore = new Set(old?.packs ?? []);
     const contentsByPack = new Map<string, { contents: PackIndexContents; indexId: string }>();
-    await mapLimit(indexIds, 16, async (indexId) => {
-      let list: PackIndexContents[];
-      try {
-        list = await repo.readIndexObject(indexId);
-      } catch (err) {
-        throw new GcAbortedError(`gc deleted nothing: ${(err as Error).message}; run 'lifeboat verify' and repair or remove it first`);
-      }
-      for (const contents of list) contentsByPack.set(contents.packId.toString('hex'), { contents, indexId });
-    });
+    const loadIndexObjects = async (ids: string[], candidates: boolean) => {
+      const loaded: PackIndexContents[] = [];
+      await mapLimit(ids, 16, async (indexId) => {
+        let list: PackIndexContents[];
+        try {
+          list = await repo.readIndexObject(indexId);
+        } catch (err) {
+          throw new GcAbortedError(`gc deleted nothing: ${(err as Error).message}; run 'lifeboat verify' and repair or remove it first`);
+        }
+        for (const contents of list) {
+          if (candidates) contentsByPack.set(contents.packId.toString('hex'), { contents, indexId });
+          loaded.push(contents);
+        }
+      });
+      return loaded;
+    };
+    await loadIndexObjects(indexIds, true);
     // A blob stored twice (after an interrupted backup, or re-stored because its pack was condemned) is
     // needed in one pack only: the index chooses the copy in an existing, not condemned, newer pack.
     const index = new ChunkIndex();
@@ -116,9 +129,17 @@ export async function gc(repo: Repository, options: GcOptions = {}): Promise<GcR
       const rank = packs.get(packId) !== contents.packSize ? PACK_RANK.missing : condemnedBefore.has(packId) ? PACK_RANK.condemned : PACK_RANK.present;
       index.addPack(contents, rank);
     }
+    // Packs written after the listing are never deleted by this run; their index objects only help to
+    // read the chunk maps of points committed meanwhile.
+    const seenIndexIds = new Set(indexIds);
+    const refresh = async () => {
+      const fresh = (await repo.listIndexIds()).filter((id) => !seenIndexIds.has(id));
+      fresh.forEach((id) => seenIndexIds.add(id));
+      for (const contents of await loadIndexObjects(fresh, false)) index.addPack(contents, PACK_RANK.present);
+    };
     const pointsBefore = await repo.listPointIds();
     const marked: Marked = new Set();
-    await markPoints(repo, pointsBefore, index, marked);
+    await markPoints(repo, pointsBefore, index, marked, refresh);
 
     // A pack without an index object cannot be read for chunks: it is garbage, or still being written,
     // which the lease check below covers.
@@ -127,7 +148,7 @@ export async function gc(repo: Repository, options: GcOptions = {}): Promise<GcR
     const danglingIndexes = [...contentsByPack.entries()].filter(([packId]) => !packs.has(packId) && !marked.has(packId)).map(([, { indexId }]) => indexId);
 
     if (dryRun) {
-      const leases = (await listLeases(repo.target)).filter((l) => l.key !== lease.key);
+      const leases = (await listLeases(repo.target)).filter((l) => !l.key.startsWith(GC_LEASE_PREFIX));
       const alive = leases.filter((l) => !l.record || leaseAlive(l.record));
       const bytes = [...unreferenced].reduce((a, id) => a + (packs.get(id) ?? 0), 0);
       return {
@@ -153,10 +174,10 @@ export async function gc(repo: Repository, options: GcOptions = {}): Promise<GcR
     let staleLeasesRemoved = 0;
     const aliveLeases = new Set<string>();
     for (const l of await listLeases(repo.target)) {
-      if (l.key === lease.key) continue;
+      if (l.key === lease.key || l.key.startsWith(GC_LEASE_PREFIX)) continue; // gc leases guard gc, not data
       if (l.record && !leaseAlive(l.record)) {
-        await repo.target.delete(l.key).catch(() => undefined);
-        staleLeasesRemoved++;
+        // Released or expired: its holder is gone. (A retention-locked one stays, and is harmless.)
+        if (await repo.target.delete(l.key).then(() => true, () => false)) staleLeasesRemoved++;
         continue;
       }
       aliveLeases.add(l.record?.id ?? l.key);
@@ -165,7 +186,7 @@ export async function gc(repo: Repository, options: GcOptions = {}): Promise<GcR
     // 5. Points committed since the first listing keep their packs.
     const pointsAfter = await repo.listPointIds();
     const before = new Set(pointsBefore);
-    await markPoints(repo, pointsAfter.filter((id) => !before.has(id)), index, marked);
+    await markPoints(repo, pointsAfter.filter((id) => !before.has(id)), index, marked, refresh);
     for (const id of [...unreferenced]) if (marked.has(id)) unreferenced.delete(id);
 
     // 6. Delete what no lease can still reach.

@@ -1,11 +1,11 @@
 // Leases (`leases/ID`): a backup, restore or verify announces itself so that garbage collection never
-// deletes a pack it may be using; a garbage collection holds the one exclusive lease `leases/gc`.
+// deletes a pack it may be using; a garbage collection holds the one exclusive lease `leases/gc-N`.
 // Created with a conditional write, refreshed by the holder, judged stale by expiry.
 
 import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
-import { AlreadyExistsError, NotFoundError, ObjectLockedError, type Target } from '../target.js';
-import { DEFAULT_LEASE_TTL_MS, GC_LEASE_KEY, LEASE_CLOCK_SKEW_MS, LEASES_PREFIX, OBJECT_ID_BYTES, leaseKey } from './constants.js';
+import { AlreadyExistsError, AuthError, NotFoundError, ObjectLockedError, type Target } from '../target.js';
+import { DEFAULT_LEASE_TTL_MS, GC_LEASE_PREFIX, LEASE_CLOCK_SKEW_MS, LEASES_PREFIX, OBJECT_ID_BYTES, gcLeaseKey, leaseKey } from './constants.js';
 import { LeaseConflictError } from './errors.js';
 
 export type LeaseKind = 'backup' | 'restore' | 'verify' | 'gc';
@@ -97,27 +97,53 @@ export class Lease {
     return lease;
   }
 
-  /** The exclusive garbage-collection lease; a stale one left by a dead gc is replaced. */
+  /**
+   * A lease for a reader (restore, verify) where one can be taken. With read-only access to the target
+   * (e.g. credentials that may only read, at a recovery site) the reader goes ahead without one: it then
+   * relies on no gc running meanwhile.
+   */
+  static async acquireIfWritable(target: Target, kind: 'restore' | 'verify', ttlMs = DEFAULT_LEASE_TTL_MS): Promise<Lease | null> {
+    try {
+      return await Lease.acquire(target, kind, ttlMs);
+    } catch (err) {
+      if (err instanceof AuthError || err instanceof ObjectLockedError) return null;
+      throw err;
+    }
+  }
+
+  /**
+   * The exclusive garbage-collection lease. The current one is the highest-numbered `leases/gc-N`; when
+   * it is not alive, the next gc creates `leases/gc-(N+1)` with a create-only put, so of two gcs racing
+   * exactly one wins. Older gc leases are deleted where the store allows it.
+   */
   static async acquireGc(target: Target, ttlMs = DEFAULT_LEASE_TTL_MS): Promise<Lease> {
-    for (let attempt = 0; ; attempt++) {
-      const record = Lease.newRecord('gc', 'gc', ttlMs);
-      try {
-        await target.put(GC_LEASE_KEY, Buffer.from(JSON.stringify(record)), { ifNoneMatch: true });
-        const lease = new Lease(target, GC_LEASE_KEY, record, ttlMs);
-        lease.startRefresh();
-        return lease;
-      } catch (err) {
-        if (!(err instanceof AlreadyExistsError)) throw err;
-        const held = await readLease(target, GC_LEASE_KEY);
-        if (held && leaseAlive(held)) {
-          throw new LeaseConflictError(
-            `another gc is running (host ${held.host}, pid ${held.pid}, since ${held.createdAt}); try again after it ends or after ${held.expiresAt}`,
-          );
-        }
-        if (attempt > 0) throw new LeaseConflictError('another gc took the gc lease at the same moment; try again');
-        await target.delete(GC_LEASE_KEY); // stale: its holder died without releasing it
+    const numbers: number[] = [];
+    for await (const o of target.list(GC_LEASE_PREFIX)) {
+      const n = o.key.slice(GC_LEASE_PREFIX.length);
+      if (/^\d{1,15}$/.test(n)) numbers.push(Number(n));
+    }
+    const current = numbers.length ? Math.max(...numbers) : 0;
+    if (numbers.length) {
+      // Puts are atomic, so an unreadable lease is damaged, not half-written: it holds nothing.
+      const held = await readLease(target, gcLeaseKey(current));
+      if (held && leaseAlive(held)) {
+        throw new LeaseConflictError(
+          `another gc is running (host ${held.host}, pid ${held.pid}, since ${held.createdAt}); try again after it ends or after ${held.expiresAt}`,
+        );
       }
     }
+    const key = gcLeaseKey(current + 1);
+    const record = Lease.newRecord(`gc-${current + 1}`, 'gc', ttlMs);
+    try {
+      await target.put(key, Buffer.from(JSON.stringify(record)), { ifNoneMatch: true });
+    } catch (err) {
+      if (err instanceof AlreadyExistsError) throw new LeaseConflictError('another gc took the gc lease at the same moment; try again');
+      throw err;
+    }
+    const lease = new Lease(target, key, record, ttlMs);
+    lease.startRefresh();
+    for (const n of numbers) await target.delete(gcLeaseKey(n)).catch(() => undefined); // leases of finished gcs
+    return lease;
   }
 
   private startRefresh(): void {

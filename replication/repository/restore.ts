@@ -85,7 +85,7 @@ export async function restore(repo: Repository, options: RestoreOptions): Promis
   const parent = await stat(dirname(options.to)).catch(() => null);
   if (!parent?.isDirectory()) throw new InputError(`cannot restore to ${options.to}: directory ${dirname(options.to)} does not exist`);
 
-  const lease = await Lease.acquire(repo.target, 'restore', options.leaseTtlMs);
+  const lease = await Lease.acquireIfWritable(repo.target, 'restore', options.leaseTtlMs);
   let workers: ChunkWorkers | null = null;
   let out: FileHandle | null = null;
   const temp = join(dirname(options.to), `.${basename(options.to)}.lifeboat-${randomBytes(6).toString('hex')}`);
@@ -196,7 +196,7 @@ export async function restore(repo: Repository, options: RestoreOptions): Promis
     if (out) await out.close().catch(() => undefined);
     await unlink(temp).catch(() => undefined);
     await workers?.close();
-    await lease.release().catch(() => undefined);
+    await lease?.release().catch(() => undefined);
   }
 }
 

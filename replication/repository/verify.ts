@@ -53,7 +53,7 @@ export async function verify(repo: Repository, options: VerifyOptions = {}): Pro
     problems.push(p);
     options.onProblem?.(p);
   };
-  const lease = await Lease.acquire(repo.target, 'verify', options.leaseTtlMs);
+  const lease = await Lease.acquireIfWritable(repo.target, 'verify', options.leaseTtlMs);
   let workers: ChunkWorkers | null = null;
   let bytesRead = 0;
   let chunksChecked = 0;
@@ -97,6 +97,20 @@ export async function verify(repo: Repository, options: VerifyOptions = {}): Pro
       }
     }
 
+    const seenIndexIds = new Set(indexIds);
+    const refresh = async () => {
+      const fresh = (await repo.listIndexIds()).filter((id) => !seenIndexIds.has(id));
+      for (const id of fresh) {
+        seenIndexIds.add(id);
+        try {
+          for (const contents of await repo.readIndexObject(id)) index.addPack(contents);
+        } catch (err) {
+          if (!(err instanceof RepositoryError)) throw err;
+          report('error', indexKey(id), err.message);
+        }
+      }
+    };
+
     // 2. Every point: manifest, map pages, and every chunk in the index.
     const refs = new Map<string, string>(); // chunk id (latin1) -> "point P disk D: chunk at offset O"
     const pointIds = await repo.listPointIds();
@@ -112,6 +126,8 @@ export async function verify(repo: Repository, options: VerifyOptions = {}): Pro
       }
       for (const { label, image } of pointImages(manifest)) {
         const context = `point ${pointId} ${label}`;
+        // A point committed while verify runs keeps its map pages in packs written after the listing.
+        if (image.pages.some((page) => !index.has(Buffer.from(page, 'hex')))) await refresh();
         let map: Buffer;
         try {
           map = await repo.readChunkMap(image, index, context);
@@ -220,7 +236,7 @@ export async function verify(repo: Repository, options: VerifyOptions = {}): Pro
     };
   } finally {
     await workers?.close();
-    await lease.release().catch(() => undefined);
+    await lease?.release().catch(() => undefined);
   }
 }
 

@@ -6,7 +6,7 @@
 import { randomBytes } from 'node:crypto';
 import { constants as fsConstants } from 'node:fs';
 import { link, mkdir, open, readdir, rename, stat, unlink } from 'node:fs/promises';
-import { dirname, join, resolve, sep } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import {
   AlreadyExistsError,
   AuthError,
@@ -55,6 +55,7 @@ export class LocalTarget implements Target {
       case 'ENOTDIR':
         return new NotFoundError(`${this.description}: ${key} does not exist`, key);
       case 'EACCES':
+      case 'EROFS':
         return new AuthError(`${this.description}: permission denied to ${action} ${key}`, key);
       case 'EPERM':
         return new ObjectLockedError(`${this.description}: ${key} is immutable (locked); it cannot be ${action === 'delete' ? 'deleted' : 'changed'}`, key);
@@ -218,10 +219,4 @@ export class LocalTarget implements Target {
 
 export function createLocalTarget(options: LocalTargetOptions | string): LocalTarget {
   return new LocalTarget(typeof options === 'string' ? { path: options } : options);
-}
-
-/** True when path lies inside root (used to refuse restoring into the repository itself). */
-export function isInside(root: string, path: string): boolean {
-  const r = resolve(root) + sep;
-  return resolve(path).startsWith(r);
 }

@@ -88,20 +88,17 @@ export async function openTarget(spec: string, options: OpenTargetOptions = {}):
     case 'local':
       return createLocalTarget({ path: parsed.location });
     case 's3': {
-      // A variable specifier keeps the compiler from requiring the module before it exists.
-      const modulePath = './s3.js';
-      const { createS3Target } = (await import(modulePath)) as {
-        createS3Target(o: Record<string, unknown>): Target;
-      };
+      const { createS3Target } = await import('./s3.js');
       const endpoint = options.s3?.endpoint ?? env.LIFEBOAT_S3_ENDPOINT;
       const accessKeyId = options.s3?.accessKeyId ?? env.AWS_ACCESS_KEY_ID;
       const secretAccessKey = options.s3?.secretAccessKey ?? env.AWS_SECRET_ACCESS_KEY;
+      const region = options.s3?.region ?? env.AWS_REGION;
       return createS3Target({
         bucket: parsed.location,
         ...(parsed.prefix ? { prefix: parsed.prefix } : {}),
         ...(endpoint ? { endpoint } : {}),
-        region: options.s3?.region ?? env.AWS_REGION ?? 'us-east-1',
-        forcePathStyle: options.s3?.forcePathStyle ?? true,
+        ...(region ? { region } : {}),
+        ...(options.s3?.forcePathStyle !== undefined ? { forcePathStyle: options.s3.forcePathStyle } : {}),
         ...(accessKeyId ? { accessKeyId } : {}),
         ...(secretAccessKey ? { secretAccessKey } : {}),
       });

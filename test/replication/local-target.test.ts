@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { AlreadyExistsError, NotFoundError, ObjectLockedError, TargetError } from '../../replication/target.js';
 import { createLocalTarget } from '../../replication/targets/local.js';
 import { openTarget, parseTargetSpec, TargetSpecError } from '../../replication/targets/open.js';
+import { describeTargetConformance } from './target-conformance.js';
 
 describe('local directory target', () => {
   let dir: string;
@@ -102,5 +103,15 @@ describe('local directory target', () => {
     assert.throws(() => parseTargetSpec('s3://UPPER_case'), /not a valid S3 bucket name/);
     const t = await openTarget(`file:${dir}`);
     assert.equal(t.description, `file:${dir}`);
+  });
+});
+
+describe('local directory target, conformance', () => {
+  const dirs: string[] = [];
+  after(() => dirs.forEach((d) => rmSync(d, { recursive: true, force: true })));
+  describeTargetConformance('local directory', async () => {
+    const d = mkdtempSync(join(tmpdir(), 'lifeboat-local-conformance-'));
+    dirs.push(d);
+    return createLocalTarget(d);
   });
 });

@@ -2,11 +2,17 @@
 // (chattr +i), which need CAP_LINUX_IMMUTABLE: the lock test fails loudly without it.
 
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import assert from 'node:assert/strict';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { createLocalTarget, LocalTarget } from '../../replication/targets/local.js';
 import type { Target } from '../../replication/target.js';
+import { backup } from '../../replication/repository/backup.js';
+import { Repository } from '../../replication/repository/repository.js';
+import { restore } from '../../replication/repository/restore.js';
+import { verify } from '../../replication/repository/verify.js';
+import { sameFile, writeMixedImage } from './images.js';
 import { describeRepositorySuite } from './repository-suite.js';
 
 function pathOf(target: Target, key: string): string {
@@ -32,6 +38,31 @@ describeRepositorySuite('a local directory', {
     chattr('-i', pathOf(target, key));
   },
   async destroy(target) {
-    rmSync(dirname(pathOf(target, 'x')), { recursive: true, force: true });
+    // make() created TMP/lifeboat-local-target-XXXX/repo
+    rmSync(dirname(dirname(pathOf(target, 'x'))), { recursive: true, force: true });
   },
+});
+
+describe('repository on a local directory the user can only read', () => {
+  it('still lists, restores and verifies: readers go ahead without a lease', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'lifeboat-readonly-'));
+    const img = join(dir, 'disk.img');
+    writeMixedImage(img);
+    const target = createLocalTarget(join(dir, 'repo'));
+    const secret = { passphrase: 'pw' };
+    const repo = await Repository.init(target, { secret });
+    const { pointId } = await backup(repo, { vm: { name: 'vm' }, disks: [{ name: 'vda', path: img }] });
+    mkdirSync(join(dir, 'repo', 'leases'), { recursive: true });
+    chattr('+i', join(dir, 'repo', 'leases'));
+    try {
+      const reader = await Repository.open(createLocalTarget(join(dir, 'repo')), { secret });
+      await restore(reader, { pointId, to: join(dir, 'out.img') });
+      assert.ok(sameFile(img, join(dir, 'out.img')));
+      assert.deepEqual((await verify(reader, { readData: true })).problems, []);
+      await assert.rejects(backup(reader, { vm: { name: 'vm' }, disks: [{ name: 'vda', path: img }] }), /immutable|locked/);
+    } finally {
+      chattr('-i', join(dir, 'repo', 'leases'));
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });

@@ -52,10 +52,23 @@ function bitmapFor(size: number, offsets: number[], chunkSize: number, baseEpoch
   return { ...changeBitmapFromRanges(size, chunkSize, offsets.map((o) => ({ offset: o, length: 1 }))), baseEpoch, epoch };
 }
 
+/** The key of the pack holding chunk `n` of the point's first disk. */
+async function packOfChunk(repo: Repository, pointId: string, n: number): Promise<{ key: string; offset: number }> {
+  const index = await repo.loadIndex();
+  const map = await repo.readChunkMap((await repo.readManifest(pointId)).disks[0], index, 'test');
+  const loc = index.get(map.subarray(n * 32, (n + 1) * 32))!;
+  return { key: `packs/${loc.packId.slice(0, 2)}/${loc.packId}`, offset: loc.offset };
+}
+
 const EPOCH_1 = '11'.repeat(16);
 const EPOCH_2 = '22'.repeat(16);
 
-export function describeRepositorySuite(name: string, factory: RepositorySuiteTarget): void {
+/**
+ * Registers the suite. `targets` is a factory of fresh, empty targets, or an object with one (`make`) and
+ * optional retention-lock hooks (the lock test runs only when `lock` is given).
+ */
+export function describeRepositorySuite(name: string, targets: RepositorySuiteTarget | (() => Promise<Target>)): void {
+  const factory: RepositorySuiteTarget = typeof targets === 'function' ? { make: targets } : targets;
   describe(`repository on ${name}`, function () {
     this.timeout(300_000);
     let dir: string;
@@ -227,11 +240,9 @@ export function describeRepositorySuite(name: string, factory: RepositorySuiteTa
       const img = file('disk.img');
       writeImage(img, 4 * MiB, [{ offset: 0, data: seededBytes('x', 4 * MiB) }]);
       const { pointId } = await backupImage(repo, img);
-      const index = await repo.loadIndex();
       const chunkAt = 3 * 65536;
-      const id = (await repo.readChunkMap((await repo.readManifest(pointId)).disks[0], index, 'test')).subarray(3 * 32, 4 * 32);
-      const loc = index.get(id)!;
-      await flipByte(target, `packs/${loc.packId.slice(0, 2)}/${loc.packId}`, loc.offset + 100);
+      const pack = await packOfChunk(repo, pointId, 3);
+      await flipByte(target, pack.key, pack.offset + 100);
 
       const out = file('out.img');
       await assert.rejects(restoreTo(repo, pointId, out), (err: Error) => {
@@ -253,7 +264,7 @@ export function describeRepositorySuite(name: string, factory: RepositorySuiteTa
       const img = file('disk.img');
       writeImage(img, 4 * MiB, [{ offset: 0, data: seededBytes('x', 4 * MiB) }]);
       const { pointId } = await backupImage(repo, img);
-      const packKey = (await objectKeys(target, PACKS_PREFIX))[0];
+      const packKey = (await packOfChunk(repo, pointId, 0)).key;
       const body = await target.get(packKey);
       await target.put(packKey, body.subarray(0, Math.floor(body.length / 3)));
       await assert.rejects(restoreTo(repo, pointId, file('out.img')), (err: Error) => {
@@ -270,7 +281,7 @@ export function describeRepositorySuite(name: string, factory: RepositorySuiteTa
       const img = file('disk.img');
       writeImage(img, 4 * MiB, [{ offset: 0, data: seededBytes('x', 4 * MiB) }]);
       const { pointId } = await backupImage(repo, img);
-      const packKey = (await objectKeys(target, PACKS_PREFIX))[0];
+      const packKey = (await packOfChunk(repo, pointId, 0)).key;
       await target.delete(packKey);
       await assert.rejects(restoreTo(repo, pointId, file('out.img')), (err: Error) => {
         assert.ok(err instanceof MissingObjectError, err.message);
@@ -301,6 +312,7 @@ export function describeRepositorySuite(name: string, factory: RepositorySuiteTa
         await assert.rejects(Repository.open(empty, { secret: PASSPHRASE }), (err: Error) => err instanceof NotARepositoryError && /no Lifeboat repository at/.test(err.message));
       } finally {
         await empty.close();
+        await factory.destroy?.(empty);
       }
     });
 
@@ -343,19 +355,34 @@ export function describeRepositorySuite(name: string, factory: RepositorySuiteTa
       assert.deepEqual((await verify(repo, { readData: true })).problems, []);
     });
 
-    it('gc running during a backup loses nothing; a later gc reclaims what it had to leave', async () => {
+    it('gc running during a backup loses nothing; a later gc reclaims what it had to leave (commit held until gc ends by a target wrapper)', async () => {
       const repo = await init();
       const img = file('disk.img');
       writeImage(img, 8 * MiB, [{ offset: 0, data: seededBytes('old', 8 * MiB) }]);
       const old = await backupImage(repo, img);
       // Most of the new image is the old one: the backup reuses chunks that gc finds unreferenced once
       // the old point is forgotten.
-      writeImage(img, 40 * MiB, [{ offset: 0, data: seededBytes('old', 8 * MiB) }, { offset: 8 * MiB, data: seededBytes('new', 32 * MiB) }]);
+      writeImage(img, 24 * MiB, [{ offset: 0, data: seededBytes('old', 8 * MiB) }, { offset: 8 * MiB, data: seededBytes('new', 16 * MiB) }]);
       await forget(repo, { points: [old.pointId] });
+      // gc starts when the backup first reports progress; the backup's commit (its manifest put) waits
+      // until gc has finished, so gc runs entirely while the backup holds its lease.
       const concurrent: { gc?: ReturnType<typeof gc> } = {};
-      const result = await backupImage(repo, img, {
-        onProgress: (p) => {
-          if (!concurrent.gc && p.bytesAdded > 0) concurrent.gc = gc(repo);
+      const holdCommit: Target = {
+        description: target.description,
+        put: async (k, b, o) => {
+          if (k.startsWith(POINTS_PREFIX)) await concurrent.gc?.catch(() => undefined);
+          return target.put(k, b, o);
+        },
+        get: (k, r) => target.get(k, r),
+        head: (k) => target.head(k),
+        list: (p) => target.list(p),
+        delete: (k) => target.delete(k),
+        close: async () => undefined,
+      };
+      const writer = await Repository.open(holdCommit, { secret: PASSPHRASE });
+      const result = await backupImage(writer, img, {
+        onProgress: () => {
+          concurrent.gc ??= gc(repo);
         },
       });
       assert.ok(concurrent.gc, 'gc started while the backup was running');
@@ -370,6 +397,39 @@ export function describeRepositorySuite(name: string, factory: RepositorySuiteTa
       assert.equal(after.packsWaiting, 0);
       await restoreTo(repo, result.pointId, file('again.img'));
       assert.ok(sameFile(img, file('again.img')));
+      assert.deepEqual((await verify(repo, { readData: true })).problems, []);
+    });
+
+    it('gc keeps the chunks of a point committed just after it listed the index (interleaving forced by a target wrapper)', async () => {
+      const repo = await init();
+      const img = file('disk.img');
+      writeImage(img, 4 * MiB, [{ offset: 0, data: seededBytes('shared', 4 * MiB) }]);
+      const old = await backupImage(repo, img);
+      await forget(repo, { points: [old.pointId] });
+      // gc lists index objects and packs, then points: a backup that commits in between reuses the
+      // forgotten point's chunks and keeps its map page in a pack gc has not seen.
+      let committed: BackupResult | null = null;
+      const wrapped: Target = {
+        description: target.description,
+        put: (k, b, o) => target.put(k, b, o),
+        get: (k, r) => target.get(k, r),
+        head: (k) => target.head(k),
+        delete: (k) => target.delete(k),
+        close: async () => undefined,
+        list: (prefix) => {
+          if (prefix !== POINTS_PREFIX || committed) return target.list(prefix);
+          return (async function* () {
+            committed = await backupImage(await Repository.open(target, { secret: PASSPHRASE }), img);
+            yield* target.list(prefix);
+          })();
+        },
+      };
+      const g = await gc(await Repository.open(wrapped, { secret: PASSPHRASE }));
+      assert.ok(committed, 'the backup ran inside gc');
+      assert.equal(g.packsDeleted, 0, JSON.stringify(g));
+      const out = file('out.img');
+      await restoreTo(repo, (committed as BackupResult).pointId, out);
+      assert.ok(sameFile(img, out));
       assert.deepEqual((await verify(repo, { readData: true })).problems, []);
     });
 

@@ -82,6 +82,9 @@ export const repoInit: Command = {
     }
     const target = await openTargetFromArgs(values);
     try {
+      // An S3 target can create its bucket; other targets create their location on the first write.
+      const withBucket = target as { ensureBucket?: () => Promise<void> };
+      if (typeof withBucket.ensureBucket === 'function') await userErrors(() => withBucket.ensureBucket!());
       const repo = await userErrors(() =>
         Repository.init(target, {
           secret,
