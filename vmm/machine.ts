@@ -3,7 +3,7 @@
 // kernel, initrd, command line, zero page -> ACPI -> devices -> vCPU threads -> run.
 // Each step is a named function of the module that owns it. `runVm` adds what a VMM process needs
 // around one boot: reboots, the boot timeout and the control socket.
-import { ACPI_POWER_OFF_VALUE, buildAcpiTables } from './acpi/tables.js';
+import { ACPI_POWER_OFF_VALUE, buildAcpiTables, type AcpiTestFaultInjection } from './acpi/tables.js';
 import type { GuestWrite } from './boot/guest-write.js';
 import { buildZeroPage } from './boot/zero-page.js';
 import { pageTableWrites } from './cpu/page-tables.js';
@@ -54,6 +54,8 @@ export interface BootOptions {
   tracking?: DiskTracking;
   /** Resume this snapshot (memory, VM, vCPU and device state) instead of booting the kernel. */
   restore?: RestoredChain;
+  /** Test-only: deliberately broken ACPI tables, for the guest's negative tests. Never set by the CLI. */
+  acpiTestFaults?: AcpiTestFaultInjection;
 }
 
 /** LIFEBOAT_VMM_TRACE=1 prints how long each boot step took (to stderr). */
@@ -109,7 +111,7 @@ export async function bootMachine(config: ValidatedConfig, options: BootOptions)
       const cmdline = guestCmdline(config, vcpus.tscKhz());
       loadKernel(memory, config, cmdline);
       trace('load kernel');
-      writeGuest(memory, buildAcpiTables({ vcpus: config.vcpus, virtioDevices: virtio?.acpiDevices() ?? [] }).writes);
+      writeGuest(memory, buildAcpiTables({ vcpus: config.vcpus, virtioDevices: virtio?.acpiDevices() ?? [], testFaultInjection: options.acpiTestFaults }).writes);
       trace('ACPI');
     } else {
       // Memory already holds the running system; PIT, PIC/IOAPIC and kvmclock come back first.
@@ -389,6 +391,8 @@ export interface RunOptions {
   trackChanges?: { granularity: number } | false;
   /** Resume this snapshot chain for the first boot (a later guest reset boots the kernel). */
   restoreFrom?: RestoredChain;
+  /** Test-only (see BootOptions.acpiTestFaults): every boot gets these broken ACPI tables. */
+  acpiTestFaults?: AcpiTestFaultInjection;
   onWarning?: (message: string) => void;
   /** Called after each boot (tests, benchmarks, the control of a caller). */
   onBoot?: (machine: Machine) => void;
@@ -440,7 +444,7 @@ export async function runVm(options: RunOptions): Promise<RunResult> {
   try {
     for (let reboots = 0; ; reboots++) {
       if (stopRequested !== undefined) return { status: stopRequested, reboots };
-      machine = await bootMachine(options.config, { console: options.console, logDirtyPages: options.logDirtyPages, onWarning: options.onWarning, tracking, restore });
+      machine = await bootMachine(options.config, { console: options.console, logDirtyPages: options.logDirtyPages, onWarning: options.onWarning, tracking, restore, acpiTestFaults: options.acpiTestFaults });
       snapshots = new SnapshotService(machine, { disks: tracking, restoredFrom: restore?.lastSnapshotId });
       restore = undefined;
       if (stopRequested !== undefined) machine.requestStop(stopRequested);

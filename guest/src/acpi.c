@@ -124,7 +124,7 @@ bool acpi_init(u64 rsdp_hint, char *err, usize n) {
   }
   const u8 *r = (const u8 *)rsdp;
   u8 s = sum_bytes(r, RSDP_CHECKSUM_LEN);
-  if (s) return fail(err, n, "ACPI RSDP checksum mismatch at 0x%lx (first 20 bytes sum to 0x%02x, must be 0)", rsdp, s);
+  if (s) return fail(err, n, "ACPI RSDP checksum mismatch at 0x%lx (first 20 bytes sum to 0x%02x, must be 0): the tables are corrupt", rsdp, s);
   platform.rsdp_addr = rsdp;
   memcpy(platform.oem_id, r + 9, 6);
   platform.acpi_revision = r[RSDP_REVISION];
@@ -134,7 +134,7 @@ bool acpi_init(u64 rsdp_hint, char *err, usize n) {
     u32 len = rd32(r + RSDP_LENGTH);
     if (len < RSDP_V2_LEN || len > 4096) return fail(err, n, "ACPI RSDP at 0x%lx has a bad length %u", rsdp, len);
     s = sum_bytes(r, len);
-    if (s) return fail(err, n, "ACPI RSDP extended checksum mismatch at 0x%lx (%u bytes sum to 0x%02x, must be 0)", rsdp, len, s);
+    if (s) return fail(err, n, "ACPI RSDP extended checksum mismatch at 0x%lx (%u bytes sum to 0x%02x, must be 0): the tables are corrupt", rsdp, len, s);
     root = rd64(r + RSDP_XSDT);
     xsdt = root != 0;
   }
