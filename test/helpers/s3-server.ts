@@ -107,16 +107,7 @@ export async function freshBucket(options: EnsureBucketOptions = {}): Promise<st
  * may bypass it). For an `after` hook; buckets left behind only cost disk space under .state/ceph.
  */
 export async function removeBucket(bucket: string): Promise<void> {
-  const s = await s3Server();
-  const client = new S3Client({
-    endpoint: s.endpoint,
-    region: s.region,
-    forcePathStyle: true,
-    credentials: { accessKeyId: s.accessKeyId, secretAccessKey: s.secretAccessKey },
-    requestChecksumCalculation: 'WHEN_REQUIRED',
-    responseChecksumValidation: 'WHEN_REQUIRED',
-  });
-  try {
+  await withAdminClient(async (client) => {
     const uploads = await client.send(new ListMultipartUploadsCommand({ Bucket: bucket }));
     for (const u of uploads.Uploads ?? []) {
       await client.send(new AbortMultipartUploadCommand({ Bucket: bucket, Key: u.Key, UploadId: u.UploadId }));
@@ -129,6 +120,25 @@ export async function removeBucket(bucket: string): Promise<void> {
       await client.send(new DeleteObjectsCommand({ Bucket: bucket, BypassGovernanceRetention: true, Delete: { Objects: objects, Quiet: true } }));
     }
     await client.send(new DeleteBucketCommand({ Bucket: bucket }));
+  });
+}
+
+/**
+ * Runs `fn` with a raw SDK client on the test server (the bucket owner's credentials), for what a
+ * test must do behind the target's back: inspect versions, set retention, clean up.
+ */
+export async function withAdminClient<T>(fn: (client: S3Client) => Promise<T>): Promise<T> {
+  const s = await s3Server();
+  const client = new S3Client({
+    endpoint: s.endpoint,
+    region: s.region,
+    forcePathStyle: true,
+    credentials: { accessKeyId: s.accessKeyId, secretAccessKey: s.secretAccessKey },
+    requestChecksumCalculation: 'WHEN_REQUIRED',
+    responseChecksumValidation: 'WHEN_REQUIRED',
+  });
+  try {
+    return await fn(client);
   } finally {
     client.destroy();
   }

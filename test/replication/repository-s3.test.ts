@@ -1,31 +1,14 @@
 // The repository suite against S3 (the local Ceph RGW). Every bucket has Object Lock enabled, so the
 // whole suite also proves a repository on an Object-Lock bucket accepts backups, restores and gc;
 // `lock` puts a governance-mode retention on one object (the bucket owner bypasses it to clean up).
-import { PutObjectRetentionCommand, S3Client } from '@aws-sdk/client-s3';
+import { PutObjectRetentionCommand } from '@aws-sdk/client-s3';
 import type { Target } from '../../replication/target.js';
 import type { S3Target } from '../../replication/targets/s3.js';
-import { freshBucket, openS3Target, removeBucket, s3Server } from '../helpers/s3-server.js';
+import { freshBucket, openS3Target, removeBucket, withAdminClient } from '../helpers/s3-server.js';
 import { describeRepositorySuite } from './repository-suite.js';
 
 const PREFIX = 'repo';
 const buckets = new WeakMap<Target, string>();
-
-async function withClient<T>(fn: (client: S3Client) => Promise<T>): Promise<T> {
-  const s = await s3Server();
-  const client = new S3Client({
-    endpoint: s.endpoint,
-    region: s.region,
-    forcePathStyle: true,
-    credentials: { accessKeyId: s.accessKeyId, secretAccessKey: s.secretAccessKey },
-    requestChecksumCalculation: 'WHEN_REQUIRED',
-    responseChecksumValidation: 'WHEN_REQUIRED',
-  });
-  try {
-    return await fn(client);
-  } finally {
-    client.destroy();
-  }
-}
 
 describeRepositorySuite('S3 (Ceph RGW, Object Lock bucket)', {
   async make() {
@@ -36,7 +19,7 @@ describeRepositorySuite('S3 (Ceph RGW, Object Lock bucket)', {
   },
   async lock(target, key) {
     const bucket = buckets.get(target)!;
-    await withClient((client) =>
+    await withAdminClient((client) =>
       client.send(new PutObjectRetentionCommand({
         Bucket: bucket,
         Key: `${PREFIX}/${key}`,
