@@ -49,10 +49,24 @@ export async function pointRecord(repo: Repository, pointId: string, manifest: P
   };
 }
 
+/**
+ * The index as the catalog sees it: every indexed pack, a blob stored twice located in a copy that is
+ * present. A point recorded as it is committed and the same point found by a rebuild use this same
+ * view, so both name the same pack for each chunk.
+ */
+export async function catalogIndex(repo: Repository): Promise<ChunkIndex> {
+  return repo.loadIndex({ present: await repo.listPacks() });
+}
+
+/** The catalog record of a point just committed (loads the index afresh: the point's packs are new). */
+export async function committedPointRecord(repo: Repository, pointId: string, manifest: PointManifest, targetId: string): Promise<PointRecord> {
+  return pointRecord(repo, pointId, manifest, await catalogIndex(repo), targetId);
+}
+
 /** Everything a catalog rebuild needs, read from the repository alone. */
 export function repositoryRebuildSource(repo: Repository, target: TargetRecord): RebuildSource {
   let loaded: Promise<ChunkIndex> | null = null;
-  const index = () => (loaded ??= repo.listPacks().then((present) => repo.loadIndex({ present })));
+  const index = () => (loaded ??= catalogIndex(repo));
   return {
     target,
     async *listPoints() {

@@ -8,7 +8,8 @@ const MiB = 1 << 20;
 const SECTOR = 512;
 
 function lastDurable(output: string): number {
-  const all = [...output.matchAll(/^ledger durable seq=(\d+)$/gm)];
+  // Only complete lines: a kill can cut the last one short ("seq=1" of "seq=15").
+  const all = [...output.matchAll(/^ledger durable seq=(\d+)\n/gm)];
   return all.length ? Number(all[all.length - 1][1]) : 0;
 }
 

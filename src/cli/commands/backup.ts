@@ -4,9 +4,12 @@ import { readFileSync } from 'node:fs';
 import { basename } from 'node:path';
 import type { Command } from '../command.js';
 import { UsageError, UserError } from '../command.js';
-import { backup, type BackupDiskInput } from '../../../replication/repository/backup.js';
+import { backup, type BackupDiskInput, type BackupResult } from '../../../replication/repository/backup.js';
 import { decodeChangeBitmap, type ChangeBitmap } from '../../../replication/repository/change-bitmap.js';
+import { committedPointRecord } from '../../../replication/repository/catalog-source.js';
 import { CONSISTENCY_KINDS, type Consistency } from '../../../replication/repository/manifest.js';
+import { CATALOG_HELP, CATALOG_OPTIONS } from '../catalog-location.js';
+import { CatalogRecorder, catalogTarget } from './catalog-record.js';
 import {
   KEY_HELP,
   TARGET_HELP,
@@ -16,6 +19,7 @@ import {
   formatDuration,
   parse,
   printJson,
+  targetSpec,
   wholeNumber,
   withRepository,
 } from './repository-cli.js';
@@ -29,7 +33,9 @@ uploaded. Without a parent point the backup is full. With one (by default the VM
                  the parent's: only the chunks it names are read;
   otherwise      every chunk is read and hashed, and only unknown ones are uploaded.
 The point's manifest is written last: an interrupted backup leaves no point, and running it again
-re-sends only what is missing.
+re-sends only what is missing. Once the point is stored it is recorded in the local catalog (see
+'lifeboat catalog points'); if the catalog cannot be written the backup still succeeds, with a warning
+naming the fix ('lifeboat catalog rebuild --target T').
 
 Options:
 ${TARGET_HELP}
@@ -45,6 +51,7 @@ ${KEY_HELP}
   --device-state FILE   the VMM's device state to keep with the memory image
   --label KEY=VALUE     a label stored in the point (repeatable)
   --workers N           threads hashing, compressing and sealing chunks (default: one per core)
+${CATALOG_HELP}
   --json                print the result as JSON`;
 
 function defaultName(path: string): string {
@@ -75,6 +82,7 @@ export const backupCommand: Command = {
       argv,
       {
         ...TARGET_OPTIONS,
+        ...CATALOG_OPTIONS,
         workers: { type: 'string' },
         vm: { type: 'string' },
         disk: { type: 'string', multiple: true },
@@ -120,21 +128,64 @@ export const backupCommand: Command = {
     const vmName = values.vm ?? disks[0].name;
     const workers = wholeNumber('workers', values.workers);
     if (workers === 0) throw new UsageError('--workers must be at least 1');
+    const memory = values.memory
+      ? { memory: { path: values.memory, bitmap: values['memory-bitmap'] ? readBitmap(values['memory-bitmap']) : null, ...(deviceState ? { deviceState } : {}) } }
+      : {};
+    const spec = targetSpec(values);
     const progress = new ProgressLine('backup');
-    const result = await withRepository(values, (repo) =>
-      backup(repo, {
-        vm: { name: vmName },
-        disks,
-        ...(values.memory
-          ? { memory: { path: values.memory, bitmap: values['memory-bitmap'] ? readBitmap(values['memory-bitmap']) : null, ...(deviceState ? { deviceState } : {}) } }
-          : {}),
-        parent: values.full ? null : values.parent ?? 'auto',
-        consistency,
-        labels,
-        onProgress: (p) => progress.update(p.bytesDone, p.bytesTotal, `added ${formatBytes(p.bytesAdded)}`),
-        ...(workers ? { workers } : {}),
-      }),
-    ).finally(() => progress.done());
+    const catalog = CatalogRecorder.open(values, 'backup');
+    let result: BackupResult;
+    try {
+      result = await withRepository(values, async (repo) => {
+        const target = catalogTarget(spec, repo.id);
+        catalog.startJob({ kind: 'backup', target, vmId: vmName });
+        const point = await catalog.track(() =>
+          backup(repo, {
+            vm: { name: vmName },
+            disks,
+            ...memory,
+            parent: values.full ? null : values.parent ?? 'auto',
+            consistency,
+            labels,
+            onProgress: (p) => {
+              catalog.setProgress(p.bytesDone, p.bytesTotal);
+              progress.update(p.bytesDone, p.bytesTotal, `added ${formatBytes(p.bytesAdded)}`);
+            },
+            ...(workers ? { workers } : {}),
+          }),
+        );
+        // The manifest is durable: the point exists whatever happens to the catalog from here on.
+        catalog.setProgress(point.bytesRead, point.bytesRead);
+        await catalog.update(
+          () => committedPointRecord(repo, point.pointId, point.manifest, target.id),
+          (c, record) => {
+            c.upsertTarget(target);
+            c.upsertVm({ id: point.manifest.vm.id, name: point.manifest.vm.name, siteId: null });
+            for (const d of point.manifest.disks) c.upsertDisk({ vmId: point.manifest.vm.id, name: d.name, sizeBytes: d.size });
+            c.recordPoint(record);
+          },
+        );
+        catalog.succeeded({
+          message: `point ${point.pointId} of VM ${vmName} stored on ${target.location}: read ${formatBytes(point.bytesRead)}, added ${formatBytes(point.bytesAdded)}`,
+          details: {
+            point: point.pointId,
+            parent: point.parent,
+            bytesRead: point.bytesRead,
+            bytesAdded: point.bytesAdded,
+            chunksNew: point.chunksNew,
+            chunksReused: point.chunksReused,
+            zeroChunks: point.zeroChunks,
+            durationMs: point.durationMs,
+          },
+          vmId: point.manifest.vm.id,
+        });
+        return point;
+      }).finally(() => progress.done());
+    } catch (err) {
+      catalog.close();
+      throw err;
+    }
+    const stored = `point ${result.pointId} is stored`;
 
     if (values.json) {
       printJson({
@@ -149,6 +200,7 @@ export const backupCommand: Command = {
         packsWritten: result.packsWritten,
         durationMs: result.durationMs,
         images: result.images,
+        catalog: { path: catalog.location.path, upToDate: catalog.upToDate, warning: catalog.warning(stored) },
       });
     } else {
       for (const i of result.images) if (i.note) process.stderr.write(`lifeboat backup: ${i.note}\n`);
@@ -159,6 +211,7 @@ export const backupCommand: Command = {
           `${result.chunksReused} reused, ${result.zeroChunks} zero; ${formatDuration(result.durationMs)}\n`,
       );
     }
+    catalog.finish(stored);
     return 0;
   },
 };

@@ -3,7 +3,9 @@
 import type { Command } from '../command.js';
 import { UsageError } from '../command.js';
 import { forget, policyIsEmpty, type RetentionPolicy } from '../../../replication/repository/forget.js';
-import { KEY_HELP, TARGET_HELP, TARGET_OPTIONS, parse, printJson, wholeNumber, withRepository } from './repository-cli.js';
+import { CATALOG_HELP, CATALOG_OPTIONS } from '../catalog-location.js';
+import { CatalogRecorder, catalogTarget } from './catalog-record.js';
+import { KEY_HELP, TARGET_HELP, TARGET_OPTIONS, parse, printJson, targetSpec, wholeNumber, withRepository } from './repository-cli.js';
 
 export const forgetCommand: Command = {
   path: ['forget'],
@@ -16,19 +18,21 @@ per VM, newest first: --keep-last N keeps the N newest; --keep-daily N keeps the
 of the N most recent days (UTC) that have one; likewise hourly, weekly (ISO weeks), monthly, yearly. A
 point kept by any rule stays. Every point is complete on its own, so forgetting one never breaks
 another. Space is reclaimed by 'lifeboat gc'. Points that are retention-locked on the target stay and
-are reported.
+are reported. Removed points are also removed from the local catalog.
 
 Options:
 ${TARGET_HELP}
 ${KEY_HELP}
   --vm NAME             apply the rules to this VM's points only
   --dry-run             show what would be removed; remove nothing
+${CATALOG_HELP}
   --json                print the decisions as JSON`,
   async run(argv) {
     const { values, positionals } = parse(
       argv,
       {
         ...TARGET_OPTIONS,
+        ...CATALOG_OPTIONS,
         'keep-last': { type: 'string' },
         'keep-hourly': { type: 'string' },
         'keep-daily': { type: 'string' },
@@ -49,11 +53,37 @@ ${KEY_HELP}
       keepYearly: wholeNumber('keep-yearly', values['keep-yearly']),
     };
     if (policyIsEmpty(policy) && positionals.length === 0) throw new UsageError('give point ids to forget or at least one --keep-* rule');
-    const result = await withRepository(values, async (repo) => {
-      const ids = [];
-      for (const p of positionals) ids.push(await repo.resolvePoint(p));
-      return forget(repo, { points: ids, policy, ...(values.vm ? { vm: values.vm } : {}), dryRun: values['dry-run'] });
-    });
+    const spec = targetSpec(values);
+    const dryRun = values['dry-run'];
+    // A dry run changes nothing, so it leaves the catalog alone too.
+    const catalog = dryRun ? null : CatalogRecorder.open(values, 'forget');
+    let result;
+    try {
+      result = await withRepository(values, async (repo) => {
+        const ids: string[] = [];
+        for (const p of positionals) ids.push(await repo.resolvePoint(p));
+        const target = catalogTarget(spec, repo.id);
+        catalog?.startJob({ kind: 'forget', target, vmId: values.vm ?? null });
+        const run = () => forget(repo, { points: ids, policy, ...(values.vm ? { vm: values.vm } : {}), dryRun });
+        const r = catalog ? await catalog.track(run) : await run();
+        if (catalog) {
+          await catalog.update(
+            async () => r.removed,
+            (c, removed) => {
+              for (const id of removed) c.forgetPoint(id);
+            },
+          );
+          catalog.succeeded({
+            message: `removed ${r.removed.length} points from ${target.location}${r.locked.length ? `; ${r.locked.length} retention-locked points stay` : ''}`,
+            details: { removed: r.removed, locked: r.locked },
+          });
+        }
+        return r;
+      });
+    } catch (err) {
+      catalog?.close();
+      throw err;
+    }
     if (values.json) {
       printJson({ ...result, dryRun: values['dry-run'] });
     } else {
@@ -68,6 +98,7 @@ ${KEY_HELP}
           : `removed ${result.removed.length} points, kept ${kept}${result.locked.length ? `, ${result.locked.length} retention-locked` : ''}; run 'lifeboat gc' to reclaim space\n`,
       );
     }
+    catalog?.finish(`${result.removed.length} points are removed from the repository`);
     return 0;
   },
 };

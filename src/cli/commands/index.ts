@@ -4,6 +4,10 @@ import type { CommandEntry } from '../command.js';
 // One line per command, sorted by path; test/cli/commands.test.ts checks each entry against its module.
 export const commands: CommandEntry[] = [
   { path: ['backup'], load: async () => (await import('./backup.js')).backupCommand },
+  { path: ['catalog', 'events'], load: async () => (await import('./catalog-history.js')).catalogEvents },
+  { path: ['catalog', 'jobs'], load: async () => (await import('./catalog-history.js')).catalogJobs },
+  { path: ['catalog', 'points'], load: async () => (await import('./catalog-points.js')).catalogPoints },
+  { path: ['catalog', 'rebuild'], load: async () => (await import('./catalog-rebuild.js')).catalogRebuild },
   { path: ['doctor'], load: async () => (await import('./doctor.js')).doctorCommand },
   { path: ['forget'], load: async () => (await import('./forget.js')).forgetCommand },
   { path: ['gc'], load: async () => (await import('./gc.js')).gcCommand },

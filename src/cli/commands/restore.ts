@@ -4,7 +4,21 @@ import type { Command } from '../command.js';
 import { UsageError, UserError } from '../command.js';
 import { writeFileSync } from 'node:fs';
 import { readDeviceState, restore } from '../../../replication/repository/restore.js';
-import { KEY_HELP, TARGET_HELP, TARGET_OPTIONS, ProgressLine, formatBytes, formatDuration, parse, printJson, wholeNumber, withRepository } from './repository-cli.js';
+import { CATALOG_HELP, CATALOG_OPTIONS } from '../catalog-location.js';
+import { CatalogRecorder, catalogTarget } from './catalog-record.js';
+import {
+  KEY_HELP,
+  TARGET_HELP,
+  TARGET_OPTIONS,
+  ProgressLine,
+  formatBytes,
+  formatDuration,
+  parse,
+  printJson,
+  targetSpec,
+  wholeNumber,
+  withRepository,
+} from './repository-cli.js';
 
 export const restoreCommand: Command = {
   path: ['restore'],
@@ -14,7 +28,7 @@ export const restoreCommand: Command = {
 POINT is an id, a unique prefix of 4 or more digits, or 'latest' (with --vm, the VM's latest).
 Chunks are fetched in parallel and every one is checked against its id; all-zero chunks are left as
 holes. The image is written beside FILE under a temporary name, fsynced, then renamed, so FILE is
-either the whole image or untouched.
+either the whole image or untouched. The restore is recorded in the local catalog's history.
 
 Options:
 ${TARGET_HELP}
@@ -26,12 +40,14 @@ ${KEY_HELP}
   --vm NAME             with POINT 'latest': that VM's latest point
   --force               replace FILE if it exists
   --workers N           threads hashing, compressing and sealing chunks (default: one per core)
+${CATALOG_HELP}
   --json                print the result as JSON`,
   async run(argv) {
     const { values, positionals } = parse(
       argv,
       {
         ...TARGET_OPTIONS,
+        ...CATALOG_OPTIONS,
         workers: { type: 'string' },
         to: { type: 'string' },
         disk: { type: 'string' },
@@ -48,25 +64,45 @@ ${KEY_HELP}
     if (values['device-state-to'] && !values.memory) throw new UsageError('--device-state-to goes with --memory');
     const workers = wholeNumber('workers', values.workers);
     if (workers === 0) throw new UsageError('--workers must be at least 1');
+    const spec = targetSpec(values);
     const progress = new ProgressLine('restore');
-    const result = await withRepository(values, async (repo) => {
-      const pointId = await repo.resolvePoint(positionals[0], values.vm);
-      const r = await restore(repo, {
-        pointId,
-        to: values.to!,
-        ...(values.disk ? { disk: values.disk } : {}),
-        memory: values.memory,
-        force: values.force,
-        onProgress: (p) => progress.update(p.bytesDone, p.bytesTotal),
-        ...(workers ? { workers } : {}),
-      });
-      if (values['device-state-to']) {
-        const state = await readDeviceState(repo, pointId);
-        if (!state) throw new UserError(`point ${pointId} has no device state`);
-        writeFileSync(values['device-state-to'], state);
-      }
-      return r;
-    }).finally(() => progress.done());
+    const catalog = CatalogRecorder.open(values, 'restore');
+    let result;
+    try {
+      result = await withRepository(values, async (repo) => {
+        const pointId = await repo.resolvePoint(positionals[0], values.vm);
+        catalog.startJob({ kind: 'restore', target: catalogTarget(spec, repo.id), vmId: values.vm ?? null });
+        const r = await catalog.track(async () => {
+          const r = await restore(repo, {
+            pointId,
+            to: values.to!,
+            ...(values.disk ? { disk: values.disk } : {}),
+            memory: values.memory,
+            force: values.force,
+            onProgress: (p) => {
+              catalog.setProgress(p.bytesDone, p.bytesTotal);
+              progress.update(p.bytesDone, p.bytesTotal);
+            },
+            ...(workers ? { workers } : {}),
+          });
+          if (values['device-state-to']) {
+            const state = await readDeviceState(repo, pointId);
+            if (!state) throw new UserError(`point ${pointId} has no device state`);
+            writeFileSync(values['device-state-to'], state);
+          }
+          return r;
+        });
+        catalog.setProgress(r.size, r.size);
+        catalog.succeeded({
+          message: `restored point ${r.pointId} ${r.image} to ${r.to}: ${formatBytes(r.size)}`,
+          details: { point: r.pointId, image: r.image, to: r.to, size: r.size, bytesWritten: r.bytesWritten, bytesFetched: r.bytesFetched, durationMs: r.durationMs },
+        });
+        return r;
+      }).finally(() => progress.done());
+    } catch (err) {
+      catalog.close();
+      throw err;
+    }
     if (values.json) {
       printJson(result);
     } else {
@@ -75,6 +111,7 @@ ${KEY_HELP}
           `(${formatBytes(result.bytesWritten)} data, ${result.zeroChunks} zero chunks left as holes) in ${formatDuration(result.durationMs)}\n`,
       );
     }
+    catalog.finish();
     return 0;
   },
 };
