@@ -42,7 +42,7 @@ export interface OpenCatalogOptions {
 export function openCatalog(path: string, options: OpenCatalogOptions = {}): Catalog {
   const now = options.now ?? (() => new Date().toISOString());
   if (existsSync(path) && statSync(path).isDirectory()) {
-    throw new CatalogError(`catalog path ${path} is a directory; give the path of the catalog file (e.g. ${path}/catalog.db)`);
+    throw new CatalogError(`catalog path ${path} is a directory; give the path of the catalog file (e.g. ${path}/catalog.sqlite)`);
   }
   let db: Database.Database;
   try {
