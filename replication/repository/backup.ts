@@ -326,6 +326,34 @@ async function resolveParent(repo: Repository, options: BackupOptions): Promise<
   return { id, manifest: await repo.readManifest(id) };
 }
 
+/** Why `bitmap` cannot stand for the changes since `parentImage` (null: it can). */
+function untrustedBecause(bitmap: ChangeBitmap, parentImage: ImageEntry | null, chunkSize: number): string | null {
+  if (!parentImage) return 'there is no parent point to apply it to (a first or --full backup)';
+  if (parentImage.chunkSize !== chunkSize) return 'the parent point used another chunk size';
+  if (!bitmap.baseEpoch) return 'the bitmap is not trusted (its base epoch is unspecified)';
+  if (!parentImage.trackingEpoch) return `the bitmap counts changes since epoch ${bitmap.baseEpoch} but the parent point recorded no tracking epoch`;
+  if (bitmap.baseEpoch !== parentImage.trackingEpoch) {
+    return `the bitmap counts changes since epoch ${bitmap.baseEpoch} but the parent point is at epoch ${parentImage.trackingEpoch}`;
+  }
+  return null;
+}
+
+const sizeText = (n: number) => (n % 1024 === 0 ? `${n / 1024} KiB` : `${n} bytes`);
+
+/**
+ * Why an image holding only `bitmap`'s granules (the rest holes) cannot make a point on top of
+ * `parentImage` (null: it can). Each chunk to read must lie whole inside a set granule.
+ */
+function changedOnlyUnusable(bitmap: ChangeBitmap, parentImage: ImageEntry | null, chunkSize: number, size: number): string | null {
+  const why = untrustedBecause(bitmap, parentImage, chunkSize);
+  if (why || !parentImage) return why;
+  if (bitmap.granularity < chunkSize) {
+    return `it names ${sizeText(bitmap.granularity)} granules and this repository reads ${sizeText(chunkSize)} chunks, so the chunks to read would be partly holes`;
+  }
+  if (size !== parentImage.size) return 'the disk size changed since the parent point';
+  return null;
+}
+
 async function planImage(
   repo: Repository,
   index: ChunkIndex,
@@ -355,21 +383,20 @@ async function planImage(
     throw new ChangeBitmapError(`the change bitmap for ${label} describes ${bitmap.diskSize} bytes but ${input.path} holds ${size}`);
   }
   const base = { label, path: input.path, file, size, chunks, map, trackingEpoch: bitmap?.epoch ?? null };
-  if (!parentImage) return { ...base, mode: 'full', dirty: null, note: null };
   // A bitmap is trusted only when it counts changes from exactly the instant the parent point was taken:
-  // its base epoch must be the tracking epoch the parent recorded. Otherwise every chunk is read and
-  // compared by hash with what the repository holds, which is always correct.
-  const why = !bitmap
-    ? null
-    : parentImage.chunkSize !== cs
-      ? 'the parent point used another chunk size'
-      : !bitmap.baseEpoch
-        ? 'the bitmap is not trusted (its base epoch is unspecified)'
-        : !parentImage.trackingEpoch
-          ? 'the parent point recorded no tracking epoch'
-          : bitmap.baseEpoch !== parentImage.trackingEpoch
-            ? `the bitmap counts changes since epoch ${bitmap.baseEpoch} but the parent point is at epoch ${parentImage.trackingEpoch}`
-            : null;
+  // its base epoch must be the tracking epoch the parent recorded. Otherwise every chunk is read: that
+  // is always correct for an image of the whole disk, and never for one that holds only the changed
+  // blocks (the rest are holes, which would be stored as zeros): such an image is refused.
+  const why = bitmap ? untrustedBecause(bitmap, parentImage, cs) : null;
+  const partial = bitmap?.changedOnly ? changedOnlyUnusable(bitmap, parentImage, cs, size) : null;
+  if (partial) {
+    await file.close();
+    throw new ChangeBitmapError(
+      `${label}: ${input.path} holds only the changed blocks (exported --changed-only) but its change bitmap cannot be used: ${partial}; ` +
+        'export the whole point (lifeboat point export --out IMAGE --bitmap FILE, without --changed-only) and back that up',
+    );
+  }
+  if (!parentImage) return { ...base, mode: 'full', dirty: null, note: null };
   if (!bitmap || why) {
     return { ...base, mode: 'hash-compare', dirty: null, note: why ? `${label}: change bitmap not used (${why}); chunks compared by hash` : null };
   }

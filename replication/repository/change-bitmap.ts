@@ -3,7 +3,7 @@
 // backup reads only the chunks it names.
 
 import { InputError } from './errors.js';
-import { CHANGE_BITMAP_HEADER, CHANGE_BITMAP_MAGIC, CHANGE_BITMAP_VERSION, TRACKING_EPOCH_BYTES } from './layout.js';
+import { CHANGE_BITMAP_FLAG_CHANGED_ONLY, CHANGE_BITMAP_HEADER, CHANGE_BITMAP_MAGIC, CHANGE_BITMAP_VERSION, TRACKING_EPOCH_BYTES } from './layout.js';
 
 export interface ChangeBitmap {
   granularity: number;
@@ -11,6 +11,11 @@ export interface ChangeBitmap {
   /** Hex, or null when unspecified (all zero). */
   baseEpoch: string | null;
   epoch: string | null;
+  /**
+   * The image this bitmap accompanies holds only the granules set (an export of the changed blocks;
+   * the rest are holes, not the disk): usable only as an incremental on a trusted parent, never whole.
+   */
+  changedOnly?: boolean;
   /** ceil(diskSize / granularity) bits, least significant bit first. */
   bits: Uint8Array;
 }
@@ -44,11 +49,15 @@ export function decodeChangeBitmap(buf: Buffer, name = 'change bitmap'): ChangeB
   }
   const want = H.size + Math.ceil(count / 8);
   if (buf.length !== want) throw new ChangeBitmapError(`${name} holds ${buf.length} bytes; its header implies ${want} (truncated or damaged)`);
+  const flags = buf.readUInt32LE(H.flags);
+  // An unknown flag may change what the image holds: refuse rather than guess.
+  if ((flags & ~CHANGE_BITMAP_FLAG_CHANGED_ONLY) !== 0) throw new ChangeBitmapError(`${name} has unknown flags 0x${flags.toString(16)}; it was written by a newer Lifeboat`);
   return {
     granularity,
     diskSize,
     baseEpoch: epochHex(buf.subarray(H.baseEpoch, H.baseEpoch + TRACKING_EPOCH_BYTES)),
     epoch: epochHex(buf.subarray(H.epoch, H.epoch + TRACKING_EPOCH_BYTES)),
+    changedOnly: (flags & CHANGE_BITMAP_FLAG_CHANGED_ONLY) !== 0,
     bits: buf.subarray(H.size),
   };
 }
@@ -64,6 +73,7 @@ export function encodeChangeBitmap(b: ChangeBitmap): Buffer {
   out.writeBigUInt64LE(BigInt(count), H.granuleCount);
   if (b.baseEpoch) Buffer.from(b.baseEpoch, 'hex').copy(out, H.baseEpoch);
   if (b.epoch) Buffer.from(b.epoch, 'hex').copy(out, H.epoch);
+  out.writeUInt32LE(b.changedOnly ? CHANGE_BITMAP_FLAG_CHANGED_ONLY : 0, H.flags);
   out.set(b.bits.subarray(0, Math.ceil(count / 8)), H.size);
   return out;
 }

@@ -58,7 +58,7 @@ export const INDEX_OBJECT_RECORD = {
 
 /** Change bitmap input (produced by the VMM's change tracking, consumed by `lifeboat backup --bitmap`). */
 export const CHANGE_BITMAP_HEADER = {
-  size: 64, // followed by ceil(granuleCount / 8) bytes of bits, least significant bit first
+  size: 72, // followed by ceil(granuleCount / 8) bytes of bits, least significant bit first
   magic: 0, // 8 bytes "LBCHGMAP"
   version: 8, // u32: 1
   granularity: 12, // u32: bytes per bit, a power of two >= 512
@@ -66,9 +66,13 @@ export const CHANGE_BITMAP_HEADER = {
   granuleCount: 24, // u64: ceil(diskSize / granularity)
   baseEpoch: 32, // 16 bytes: tracking epoch the bits are relative to (all zero: unspecified)
   epoch: 48, // 16 bytes: tracking epoch that began when this bitmap was frozen (all zero: unspecified)
+  flags: 64, // u32: CHANGE_BITMAP_FLAG_*
+  reserved: 68, // u32: zero
 } as const;
 export const CHANGE_BITMAP_MAGIC = Buffer.from('LBCHGMAP', 'latin1');
-export const CHANGE_BITMAP_VERSION = 1;
+export const CHANGE_BITMAP_VERSION = 2;
+/** The image backed up with this bitmap holds only the granules it sets (the rest are holes, not the disk). */
+export const CHANGE_BITMAP_FLAG_CHANGED_ONLY = 1;
 export const TRACKING_EPOCH_BYTES = 16;
 
 /** Additional authenticated data prefixes for sealed objects (see "Encryption" in the format document). */

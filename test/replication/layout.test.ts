@@ -83,22 +83,24 @@ describe('repository binary layouts', () => {
     );
   });
 
-  it('change bitmap: 64-byte header, one bit per granule, least significant bit first', () => {
-    assertTiles(CHANGE_BITMAP_HEADER, { magic: 8, version: 4, granularity: 4, diskSize: 8, granuleCount: 8, baseEpoch: 16, epoch: 16 }, CHANGE_BITMAP_HEADER.size);
+  it('change bitmap: 72-byte header, one bit per granule, least significant bit first', () => {
+    assertTiles(CHANGE_BITMAP_HEADER, { magic: 8, version: 4, granularity: 4, diskSize: 8, granuleCount: 8, baseEpoch: 16, epoch: 16, flags: 4, reserved: 4 }, CHANGE_BITMAP_HEADER.size);
     const size = 10 * 65536 + 1000;
     const b = changeBitmapFromRanges(size, 65536, [{ offset: 65536 * 3 + 5, length: 1 }, { offset: size - 1, length: 1 }]);
-    const buf = encodeChangeBitmap({ ...b, baseEpoch: 'ab'.repeat(16), epoch: 'cd'.repeat(16) });
-    assert.equal(buf.length, 64 + 2);
+    const buf = encodeChangeBitmap({ ...b, baseEpoch: 'ab'.repeat(16), epoch: 'cd'.repeat(16), changedOnly: true });
+    assert.equal(buf.length, 72 + 2);
     assert.equal(buf.toString('latin1', 0, 8), 'LBCHGMAP');
-    assert.equal(buf[64], 0b00001000, 'granule 3 is bit 3 of byte 0');
-    assert.equal(buf[65], 0b00000100, 'granule 10 (the partial last one) is bit 2 of byte 1');
+    assert.equal(buf.readUInt32LE(64), 1, 'flag CHANGED_ONLY');
+    assert.equal(buf[72], 0b00001000, 'granule 3 is bit 3 of byte 0');
+    assert.equal(buf[73], 0b00000100, 'granule 10 (the partial last one) is bit 2 of byte 1');
     const back = decodeChangeBitmap(buf);
     assert.equal(back.baseEpoch, 'ab'.repeat(16));
+    assert.equal(back.changedOnly, true);
     assert.equal(back.granularity, 65536);
     const dirty = new Uint8Array(Math.ceil(size / 262144));
     markDirtyChunks(back, 262144, dirty);
     assert.deepEqual([...dirty], [1, 0, 1], 'a coarser chunk containing a set granule is dirty');
-    assert.throws(() => decodeChangeBitmap(buf.subarray(0, 65)), /truncated or damaged/);
+    assert.throws(() => decodeChangeBitmap(buf.subarray(0, 73)), /truncated or damaged/);
   });
 
   it('a blob round-trips through compression and sealing, and any damage is named', () => {

@@ -78,6 +78,17 @@ export function* setRuns(words: Int32Array, limit: number): Generator<[first: nu
   if (runStart >= 0) yield [runStart, Math.min(limit, lastWord * 32) - runStart];
 }
 
+/**
+ * The bitmap at a coarser granularity: bit i of the result is set when any of bits [i * ratio,
+ * (i + 1) * ratio) of `words` is. `ratio` is a power of two.
+ */
+export function coarsen(words: Int32Array, bits: number, ratio: number): { words: Int32Array; bits: number } {
+  const coarseBits = Math.ceil(bits / ratio);
+  const out = new Int32Array(wordsFor(coarseBits));
+  for (const [first, count] of setRuns(words, bits)) setRange(out, Math.floor(first / ratio), Math.floor((first + count - 1) / ratio));
+  return { words: out, bits: coarseBits };
+}
+
 /** Copies the bitmap out as little-endian bytes (bit i = byte i >>> 3, bit i & 7). */
 export function toBytes(words: Int32Array, bits: number): Uint8Array {
   const out = new Uint8Array(Math.ceil(bits / 8));

@@ -12,12 +12,25 @@
 // draining in-flight writes (the lock keeps new writes out while the count drains to zero), so a frozen
 // generation holds exactly the writes completed before the freeze. A consumer then `release`s it (done)
 // or `mergeBack`s it (failed: its bits return to the active generation, nothing lost).
+//
+// Bases: every generation slot records its *base*, the generation whose freeze began the history its
+// bits cover: a trusted slot holds every granule written since generation `base` was frozen. A freeze
+// gives the new active slot base = the generation just frozen; a merge-back that joins the failed
+// generation's history onto the active one's moves the active base back (see `mergeBack`). The exported
+// base epoch is epoch(base) (bitmap-export.ts), so it stays true after merges and clean restarts.
 import { SharedWords, wordLayout } from '../devices/shared-state.js';
 import { clearAll, orInto, setRange, wordsFor } from './bits.js';
 
 export const DEFAULT_GRANULARITY = 64 * 1024;
 export const MIN_GRANULARITY = 4 * 1024;
 export const MAX_GRANULARITY = 1024 * 1024;
+/**
+ * Smallest granule of an image exported with only a point's changed ranges (and of its bitmap). A backup
+ * reads whole repository chunks, so each exported granule must hold whole chunks: 64 KiB is the
+ * repository's default chunk size (a repository with larger chunks refuses such an image; export the
+ * whole point for it). See docs/change-tracking.md, "Changed-only images".
+ */
+export const MIN_CHANGED_ONLY_GRANULARITY = 64 * 1024;
 /** One active generation plus up to seven frozen ones not yet released. */
 export const GENERATION_SLOTS = 8;
 /** Disk points (frozen generations with copy-before-write) that may be open at once. */
@@ -40,7 +53,7 @@ const pointFields = (prefix: string) => Array.from({ length: POINT_SLOTS }, (_, 
 /** Word indices of the control SAB (word 0 is the lock). */
 export const CONTROL = wordLayout([
   'inflight', 'activeSlot', 'granuleShift', 'granules', 'nextGeneration',
-  ...slotFields('slotState'), ...slotFields('slotGeneration'), ...slotFields('slotTrusted'),
+  ...slotFields('slotState'), ...slotFields('slotGeneration'), ...slotFields('slotTrusted'), ...slotFields('slotBase'),
   ...pointFields('pointState'), ...pointFields('pointGeneration'), ...pointFields('pointSlot'), ...pointFields('pointFd'),
   ...pointFields('pointErrno'),
 ] as const);
@@ -59,6 +72,8 @@ export interface GenerationInfo {
   state: 'active' | 'frozen';
   /** False when this generation may be missing changes (see BlockChangeTracker.trusted). */
   trusted: boolean;
+  /** When trusted: the bits hold every granule written since generation `base` was frozen. */
+  base: number;
   /** Granules set. */
   granules: number;
 }
@@ -90,8 +105,11 @@ export class BlockBitmap {
     this.preservedMaps = Array.from({ length: POINT_SLOTS }, (_, i) => map(GENERATION_SLOTS + i));
   }
 
-  /** A fresh state for an image of `imageSize` bytes: generation `firstGeneration` active and empty. */
-  static create(imageSize: number, granularity = DEFAULT_GRANULARITY, firstGeneration = 1, trusted = true): BlockBitmap {
+  /**
+   * A fresh state for an image of `imageSize` bytes: generation `firstGeneration` active and empty, its
+   * history starting where generation `base` ended (by default the generation before it).
+   */
+  static create(imageSize: number, granularity = DEFAULT_GRANULARITY, firstGeneration = 1, trusted = true, base = firstGeneration - 1): BlockBitmap {
     checkGranularity(granularity);
     const granules = Math.ceil(imageSize / granularity);
     const words = wordsFor(granules);
@@ -104,6 +122,7 @@ export class BlockBitmap {
     b.control.set('slotState0', SLOT_ACTIVE);
     b.control.set('slotGeneration0', firstGeneration);
     b.control.set('slotTrusted0', trusted ? 1 : 0);
+    b.control.set('slotBase0', base);
     b.control.set('nextGeneration', firstGeneration + 1);
     return b;
   }
@@ -130,6 +149,11 @@ export class BlockBitmap {
 
   slotTrusted(slot: number): boolean {
     return this.control.get(this.field(`slotTrusted${slot}`)) !== 0;
+  }
+
+  /** The generation whose freeze began the history slot `slot` covers (meaningful when trusted). */
+  slotBase(slot: number): number {
+    return this.control.get(this.field(`slotBase${slot}`));
   }
 
   get activeSlot(): number {
@@ -208,6 +232,7 @@ export class BlockBitmap {
     clearAll(this.generationMaps[next]!);
     this.control.set(this.field(`slotGeneration${next}`), newGeneration);
     this.control.set(this.field(`slotTrusted${next}`), 1);
+    this.control.set(this.field(`slotBase${next}`), generation);
     this.control.set(this.field(`slotState${next}`), SLOT_ACTIVE);
     this.control.set('nextGeneration', newGeneration + 1);
     this.control.set(this.field(`slotState${old}`), SLOT_FROZEN);
@@ -236,15 +261,34 @@ export class BlockBitmap {
     });
   }
 
-  /** The consumer failed: the frozen generation's bits go back into the active generation. */
+  /**
+   * The consumer failed: the frozen generation's bits go back into the active generation.
+   *
+   * When the active generation's history begins exactly where this one's ended (base = generation: no
+   * generation frozen in between), the two histories join: the active base becomes this generation's
+   * base, and the result is trusted only if both were. Otherwise a generation frozen in between (still
+   * frozen, or released after its consumer succeeded) separates them: the union would have a hole, so
+   * the active generation keeps its own base and trust (its bits still hold every change since that
+   * base; the merged bits are extra, which is harmless).
+   */
   mergeBack(generation: number): void {
     this.control.locked(() => {
       const slot = this.frozenSlot(generation);
       const active = this.activeSlot;
       orInto(this.generationMaps[active]!, this.generationMaps[slot]!);
-      if (!this.slotTrusted(slot)) this.control.set(this.field(`slotTrusted${active}`), 0);
+      if (this.slotBase(active) === generation) {
+        this.control.set(this.field(`slotBase${active}`), this.slotBase(slot));
+        if (!this.slotTrusted(slot)) this.control.set(this.field(`slotTrusted${active}`), 0);
+      }
       this.control.set(this.field(`slotState${slot}`), SLOT_FREE);
     });
+  }
+
+  /** Frozen generations not yet released or merged, newest first. */
+  frozenGenerations(): number[] {
+    const out: number[] = [];
+    for (let s = 0; s < GENERATION_SLOTS; s++) if (this.slotState(s) === SLOT_FROZEN) out.push(this.slotGeneration(s));
+    return out.sort((a, b) => b - a);
   }
 
   /** Marks the active generation as possibly incomplete (e.g. the image was changed behind our back). */
@@ -263,16 +307,9 @@ export class BlockBitmap {
         let v = Atomics.load(map, w);
         while (v !== 0) { v &= v - 1; granules++; }
       }
-      out.push({ generation: this.slotGeneration(s), state: state === SLOT_ACTIVE ? 'active' : 'frozen', trusted: this.slotTrusted(s), granules });
+      out.push({ generation: this.slotGeneration(s), state: state === SLOT_ACTIVE ? 'active' : 'frozen', trusted: this.slotTrusted(s), base: this.slotBase(s), granules });
     }
     return out.sort((a, b) => a.generation - b.generation);
-  }
-
-  /** Slots of every generation not yet released (active and frozen): what a clean shutdown must keep. */
-  unreleasedSlots(): number[] {
-    const out: number[] = [];
-    for (let s = 0; s < GENERATION_SLOTS; s++) if (this.slotState(s) !== SLOT_FREE) out.push(s);
-    return out;
   }
 
   // ---- point slots (copy-before-write; see copy-before-write.ts) ----

@@ -4,8 +4,8 @@
 // (copy-before-write) and saves the bitmap at clean shutdown. docs/change-tracking.md tells the story.
 import { randomUUID } from 'node:crypto';
 import { closeSync, ftruncateSync, openSync, rmSync } from 'node:fs';
-import { BlockBitmap, DEFAULT_GRANULARITY, POINT_BROKEN, checkGranularity, type GenerationInfo } from './block-bitmap.js';
-import { orBytesInto, popcount, setRange, setRuns, toBytes, wordsFor } from './bits.js';
+import { BlockBitmap, DEFAULT_GRANULARITY, MIN_CHANGED_ONLY_GRANULARITY, POINT_BROKEN, checkGranularity, type GenerationInfo } from './block-bitmap.js';
+import { coarsen, orBytesInto, popcount, setRange, setRuns, toBytes, wordsFor } from './bits.js';
 import {
   CBT_STATE_CLEAN, CBT_STATE_IN_USE, CbtFormatError, cbtPath, identityMismatch, imageIdentity, readCbt, writeCbt, type CbtRecord,
 } from './cbt-file.js';
@@ -22,8 +22,10 @@ export interface TrackerOptions {
 /** What a consumer gets when it freezes a generation (or opens a point). */
 export interface FrozenGeneration {
   generation: number;
-  /** Changes are exact relative to the previous generation of the same trackingId only when trusted. */
+  /** Changes are exact relative to generation `base` of the same trackingId only when trusted. */
   trusted: boolean;
+  /** The generation whose freeze began the history this one covers (usually generation - 1; earlier after a merge-back or a clean restart). */
+  base: number;
   trackingId: string;
   granularity: number;
   imageSize: number;
@@ -46,6 +48,11 @@ interface OpenPoint {
 
 export class BlockChangeTracker {
   private readonly points = new Map<number, OpenPoint>();
+  /**
+   * Generations whose latest image export was changed-only, with that image's granularity: the bitmap
+   * exported next describes that image (see bitmap-export.ts).
+   */
+  private readonly changedOnlyExports = new Map<number, number>();
   private closed = false;
 
   private constructor(
@@ -81,13 +88,15 @@ export class BlockChangeTracker {
     }
     const trusted = reason === '';
     const firstGeneration = saved?.nextGeneration ?? 1;
-    const bitmap = BlockBitmap.create(Number(identity.size), granularity, firstGeneration, trusted);
+    // A trusted saved bitmap continues the saved history: it counts changes since the saved base.
+    const base = trusted && saved ? saved.baseGeneration : firstGeneration - 1;
+    const bitmap = BlockBitmap.create(Number(identity.size), granularity, firstGeneration, trusted, base);
     if (trusted && saved) loadSavedBitmap(bitmap, saved);
     const trackingId = trusted && saved ? saved.trackingId : randomUUID();
     removeStaleSideFiles(imagePath);
     writeCbt(path, {
       state: CBT_STATE_IN_USE, granularity, trusted: false, identity, trackingId,
-      nextGeneration: firstGeneration, granules: bitmap.granules, bitmap: new Uint8Array(0),
+      nextGeneration: firstGeneration, baseGeneration: base, granules: bitmap.granules, bitmap: new Uint8Array(0),
     });
     return new BlockChangeTracker(imagePath, bitmap, trusted, reason, trackingId);
   }
@@ -105,27 +114,80 @@ export class BlockChangeTracker {
     return { bitmap: this.bitmap.shared, imagePath: this.imagePath };
   }
 
-  private describe(generation: number, trusted: boolean): FrozenGeneration {
-    return { generation, trusted, trackingId: this.trackingId, granularity: this.granularity, imageSize: this.imageSize };
+  /** How frozen generation `generation` is described to its consumer. */
+  describe(generation: number): FrozenGeneration {
+    const slot = this.bitmap.frozenSlot(generation);
+    return {
+      generation, trusted: this.bitmap.slotTrusted(slot), base: this.bitmap.slotBase(slot),
+      trackingId: this.trackingId, granularity: this.granularity, imageSize: this.imageSize,
+    };
   }
 
   /** Freezes the active generation (a new empty one starts, atomically with respect to in-flight writes). */
   freeze(): FrozenGeneration {
     this.checkOpen();
-    const generation = this.bitmap.freeze();
-    return this.describe(generation, this.bitmap.slotTrusted(this.bitmap.frozenSlot(generation)));
+    return this.describe(this.bitmap.freeze());
   }
 
   /** The consumer of a frozen generation finished: forget its bits. */
   release(generation: number): void {
     if (this.points.has(generation)) return this.releasePoint(generation);
     this.bitmap.release(generation);
+    this.changedOnlyExports.delete(generation);
   }
 
   /** The consumer failed: its bits return to the active generation, so the next one still has them. */
   mergeBack(generation: number): void {
     if (this.points.has(generation)) return this.mergePoint(generation);
     this.bitmap.mergeBack(generation);
+    this.changedOnlyExports.delete(generation);
+  }
+
+  /**
+   * The granularity of an image holding only frozen generation `generation`'s changed granules:
+   * MIN_CHANGED_ONLY_GRANULARITY, or the tracking granularity if coarser. Refuses an untrusted
+   * generation: its changed ranges are not a delta from anything, so such an image could never be used
+   * (a consumer must read the whole disk as of the point).
+   */
+  changedOnlyGranularityFor(generation: number): number {
+    if (!this.describe(generation).trusted) {
+      throw new Error(
+        `generation ${generation} of ${this.imagePath} is untrusted (change history was lost before it began: first start, unclean stop or an image changed while stopped), ` +
+          'so it has no usable delta; export the whole point (without --changed-only)',
+      );
+    }
+    return Math.max(this.granularity, MIN_CHANGED_ONLY_GRANULARITY);
+  }
+
+  /**
+   * An image of frozen `generation` was exported: changed-only at `changedOnlyGranularity`, or whole
+   * (undefined). The bitmap exported next describes it.
+   */
+  noteImageExport(generation: number, changedOnlyGranularity: number | undefined): void {
+    this.describe(generation);
+    if (changedOnlyGranularity === undefined) this.changedOnlyExports.delete(generation);
+    else this.changedOnlyExports.set(generation, changedOnlyGranularity);
+  }
+
+  /** The granularity of the changed-only image of `generation` last exported (undefined: none, or a whole one since). */
+  changedOnlyGranularity(generation: number): number | undefined {
+    return this.changedOnlyExports.get(generation);
+  }
+
+  /** Frozen `generation`'s changed granules at `granularity` (a power-of-two multiple of the tracking one). */
+  changedGranules(generation: number, granularity = this.granularity): { words: Int32Array; bits: number } {
+    const map = this.bitmap.generationMap(this.bitmap.frozenSlot(generation));
+    if (granularity === this.granularity) return { words: map, bits: this.bitmap.granules };
+    return coarsen(map, this.bitmap.granules, granularity / this.granularity);
+  }
+
+  /** Frozen `generation`'s changed byte ranges, each rounded out to `granularity` (clipped to the image). */
+  changedRangesAt(generation: number, granularity: number): ByteRange[] {
+    const { words, bits } = this.changedGranules(generation, granularity);
+    return [...setRuns(words, bits)].map(([first, count]) => ({
+      offset: first * granularity,
+      length: Math.min((first + count) * granularity, this.imageSize) - first * granularity,
+    }));
   }
 
   generations(): GenerationInfo[] {
@@ -175,7 +237,7 @@ export class BlockChangeTracker {
     const changed = popcount(this.bitmap.generationMap(slot));
     const preserved = popcount(this.bitmap.preservedMap(p.slot));
     return {
-      ...this.describe(generation, this.bitmap.slotTrusted(slot)),
+      ...this.describe(generation),
       state: this.bitmap.pointState(p.slot) === POINT_BROKEN ? 'broken' : 'open',
       createdAt: p.createdAt,
       changedBytes: Math.min(changed * this.granularity, this.imageSize),
@@ -197,12 +259,14 @@ export class BlockChangeTracker {
   releasePoint(generation: number): void {
     this.closePoint(generation);
     this.bitmap.release(generation);
+    this.changedOnlyExports.delete(generation);
   }
 
   /** The point's consumer failed: as releasePoint, but the generation's bits return to the active one. */
   mergePoint(generation: number): void {
     this.closePoint(generation);
     this.bitmap.mergeBack(generation);
+    this.changedOnlyExports.delete(generation);
   }
 
   private closePoint(generation: number): void {
@@ -215,23 +279,20 @@ export class BlockChangeTracker {
 
   /**
    * Clean shutdown, after the last guest write: flushes the image, then durably saves every change not
-   * yet released (the active generation OR every frozen one) with the image's identity.
+   * yet released with the image's identity. A generation still frozen has not been consumed (its
+   * consumer cannot release it once this process is gone), so it counts as failed: it is merged back,
+   * newest first, exactly as `mergeBack` would, and the saved history starts at the resulting base.
    */
   close(): void {
     if (this.closed) return;
     for (const g of [...this.points.keys()]) this.closePoint(g);
+    for (const g of this.bitmap.frozenGenerations()) this.mergeBack(g);
     fsyncPath(this.imagePath);
-    const merged = new Int32Array(this.bitmap.words);
-    let trusted = true;
-    for (const slot of this.bitmap.unreleasedSlots()) {
-      const map = this.bitmap.generationMap(slot);
-      for (let w = 0; w < merged.length; w++) merged[w]! |= Atomics.load(map, w);
-      trusted &&= this.bitmap.slotTrusted(slot);
-    }
+    const active = this.bitmap.activeSlot;
     writeCbt(cbtPath(this.imagePath), {
-      state: CBT_STATE_CLEAN, granularity: this.granularity, trusted, identity: imageIdentity(this.imagePath),
-      trackingId: this.trackingId, nextGeneration: this.bitmap.control.get('nextGeneration'),
-      granules: this.bitmap.granules, bitmap: toBytes(merged, this.bitmap.granules),
+      state: CBT_STATE_CLEAN, granularity: this.granularity, trusted: this.bitmap.slotTrusted(active), identity: imageIdentity(this.imagePath),
+      trackingId: this.trackingId, nextGeneration: this.bitmap.control.get('nextGeneration'), baseGeneration: this.bitmap.slotBase(active),
+      granules: this.bitmap.granules, bitmap: toBytes(this.bitmap.generationMap(active), this.bitmap.granules),
     });
     this.closed = true;
   }

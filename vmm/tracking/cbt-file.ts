@@ -1,13 +1,14 @@
 // The change-tracking file kept beside a disk image (`IMAGE.lifeboat-cbt`, docs/change-tracking.md):
-// a 128-byte header (magic, version, state, granularity, the image's identity, the tracking id) and,
-// after a clean shutdown, the bitmap of every change not yet consumed. Checksummed (CRC-32).
+// a 128-byte header (magic, version, state, granularity, the image's identity, the tracking id, the
+// generation the saved history starts from) and, after a clean shutdown, the bitmap of every change not
+// yet consumed. Checksummed (CRC-32).
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { crc32 } from 'node:zlib';
 import { writeFileDurably } from './durable-write.js';
 
 export const CBT_SUFFIX = '.lifeboat-cbt';
 export const CBT_MAGIC = 'LBCBTMAP';
-export const CBT_VERSION = 1;
+export const CBT_VERSION = 2;
 export const CBT_HEADER_SIZE = 128;
 
 /** Byte offsets of the header fields (little-endian). */
@@ -27,6 +28,8 @@ export const CBT_HEADER = {
   granules: 88, // u64
   bitmapLength: 96, // u64, bytes following the header
   bitmapCrc: 104, // u32, CRC-32 of the bitmap bytes
+  baseGeneration: 108, // u64: the saved bitmap holds every change since this generation was frozen
+  // 116..124 reserved, zero
   headerCrc: 124, // u32, CRC-32 of header bytes [0, 124)
 } as const;
 
@@ -52,6 +55,8 @@ export interface CbtRecord {
   identity: ImageIdentity;
   trackingId: string;
   nextGeneration: number;
+  /** The saved bitmap holds every granule written since generation `baseGeneration` was frozen (< nextGeneration). */
+  baseGeneration: number;
   granules: number;
   /** Little-endian bit per granule (empty for an in-use record). */
   bitmap: Uint8Array;
@@ -100,6 +105,7 @@ export function encodeCbt(r: CbtRecord): Buffer[] {
   uuidToBytes(r.trackingId).copy(h, CBT_HEADER.trackingId);
   h.writeBigUInt64LE(BigInt(r.nextGeneration), CBT_HEADER.nextGeneration);
   h.writeBigUInt64LE(BigInt(r.granules), CBT_HEADER.granules);
+  h.writeBigUInt64LE(BigInt(r.baseGeneration), CBT_HEADER.baseGeneration);
   h.writeBigUInt64LE(BigInt(r.bitmap.length), CBT_HEADER.bitmapLength);
   h.writeUInt32LE(crc32(r.bitmap), CBT_HEADER.bitmapCrc);
   h.writeUInt32LE(crc32(h.subarray(0, CBT_HEADER.headerCrc)), CBT_HEADER.headerCrc);
@@ -122,6 +128,9 @@ export function decodeCbt(data: Buffer, path = 'change-tracking file'): CbtRecor
   if (crc32(bitmap) !== data.readUInt32LE(CBT_HEADER.bitmapCrc)) throw new CbtFormatError(`${path}: bitmap checksum mismatch`);
   const granules = Number(data.readBigUInt64LE(CBT_HEADER.granules));
   if (state === CBT_STATE_CLEAN && bitmapLength !== Math.ceil(granules / 8)) throw new CbtFormatError(`${path}: bitmap of ${bitmapLength} bytes cannot hold ${granules} granules`);
+  const nextGeneration = Number(data.readBigUInt64LE(CBT_HEADER.nextGeneration));
+  const baseGeneration = Number(data.readBigUInt64LE(CBT_HEADER.baseGeneration));
+  if (baseGeneration >= nextGeneration) throw new CbtFormatError(`${path}: base generation ${baseGeneration} is not before the next generation ${nextGeneration}`);
   return {
     state,
     granularity: data.readUInt32LE(CBT_HEADER.granularity),
@@ -134,7 +143,8 @@ export function decodeCbt(data: Buffer, path = 'change-tracking file'): CbtRecor
       ctimeNs: data.readBigUInt64LE(CBT_HEADER.imageCtimeNs),
     },
     trackingId: bytesToUuid(data.subarray(CBT_HEADER.trackingId, CBT_HEADER.trackingId + 16)),
-    nextGeneration: Number(data.readBigUInt64LE(CBT_HEADER.nextGeneration)),
+    nextGeneration,
+    baseGeneration,
     granules,
     bitmap,
   };

@@ -121,16 +121,24 @@ export class DiskTracking {
    * Writes the disk as it was at point `generation` into `file` (durably, via a temporary name):
    * the whole disk, or with `changedOnly` just the point's changed ranges (the rest left as holes).
    * All-zero chunks are left as holes either way. Returns the bytes written.
+   *
+   * A changed-only export refuses an untrusted generation (it has no delta to export) and writes whole
+   * granules of at least MIN_CHANGED_ONLY_GRANULARITY around every change. The bitmap exported next
+   * describes the image exported last: after a changed-only image it carries the CHANGED_ONLY flag at
+   * that granularity, so a backup never reads such an image as a whole disk (export the image, then
+   * its bitmap, as `lifeboat point export` does).
    */
   exportPoint(disk: number, generation: number, file: string, changedOnly = false): number {
     const t = this.tracker(disk);
     const reader = t.pointReader(generation);
     const tmp = join(dirname(file), `.${basename(file)}.tmp-${process.pid}`);
-    const fd = openSync(tmp, 'w', 0o600);
+    let fd = -1;
     let written = 0;
     try {
+      const granularity = changedOnly ? t.changedOnlyGranularityFor(generation) : undefined;
+      const ranges = granularity ? t.changedRangesAt(generation, granularity) : [{ offset: 0, length: t.imageSize }];
+      fd = openSync(tmp, 'w', 0o600);
       ftruncateSync(fd, t.imageSize);
-      const ranges = changedOnly ? reader.changedRanges() : [{ offset: 0, length: t.imageSize }];
       for (const r of ranges) {
         for (let pos = r.offset; pos < r.offset + r.length; pos += EXPORT_CHUNK) {
           const n = Math.min(EXPORT_CHUNK, r.offset + r.length - pos);
@@ -142,13 +150,17 @@ export class DiskTracking {
       }
       fsyncSync(fd);
       closeSync(fd);
+      fd = -1;
       renameSync(tmp, file);
       fsyncPath(dirname(file));
+      t.noteImageExport(generation, granularity);
     } catch (err) {
-      try {
-        closeSync(fd);
-      } catch {
-        // closed already
+      if (fd >= 0) {
+        try {
+          closeSync(fd);
+        } catch {
+          // the export's own error is the one to report
+        }
       }
       rmSync(tmp, { force: true });
       throw err;

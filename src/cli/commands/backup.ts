@@ -32,6 +32,9 @@ uploaded. Without a parent point the backup is full. With one (by default the VM
   --bitmap FILE  a change bitmap (docs/repository-format.md, "Change bitmap input") whose base epoch is
                  the parent's: only the chunks it names are read;
   otherwise      every chunk is read and hashed, and only unknown ones are uploaded.
+An image exported with 'lifeboat point export --changed-only' holds only the changed blocks: it is
+accepted only with its own bitmap when that bitmap is trusted against the parent; otherwise the backup
+is refused (nothing stored) and the message says to export the whole point instead.
 The point's manifest is written last: an interrupted backup leaves no point, and running it again
 re-sends only what is missing. Once the point is stored it is recorded in the local catalog (see
 'lifeboat catalog points'); if the catalog cannot be written the backup still succeeds, with a warning

@@ -10,7 +10,8 @@ export const pointExport: Command = {
                              [--out IMAGE [--changed-only]] [--bitmap FILE] [--json]
 
 --out IMAGE      the disk as of the point, as a sparse raw image (zero blocks left as holes)
---changed-only   write only the point's changed ranges into IMAGE (the rest are holes, not the disk);
+--changed-only   write only the point's changed blocks into IMAGE, in whole granules of at least 64 KiB
+                 (the repository's default chunk size); the rest are holes, not the disk. It
                  needs --bitmap, which is then marked so that 'lifeboat backup' uses IMAGE only as an
                  incremental on top of the point the bitmap starts from, never as a whole disk.
                  Refused for an untrusted point (no change history: export it whole).

@@ -1,8 +1,11 @@
 // `lifeboat vm restore`: resumes a VM from a snapshot (a full one, then any chain of diffs) in this
 // process, console on the terminal, exactly where it was paused: no reboot.
 import { parseArgs } from 'node:util';
+import * as vmm from '../../../vmm/index.js';
 import type { DiskSpec } from '../../../vmm/index.js';
-import { prewarmVcpuWorkers } from '../../../vmm/vcpu-prewarm.js';
+import { readStateMeta } from '../../../vmm/snapshot/format.js';
+import { hostRestoreLimits } from '../../../vmm/snapshot/host-limits.js';
+import { checkRestorable, openSnapshotChain, SnapshotError } from '../../../vmm/snapshot/snapshot.js';
 import { UsageError, UserError, type Command } from '../command.js';
 import { asUserError, parseGranularity, runInForeground } from './vm-run.js';
 
@@ -53,21 +56,18 @@ export const vmRestore: Command = {
     const dirs = values.from ?? [];
     if (dirs.length === 0) throw new UsageError('--from DIR is required (the full snapshot, then any diffs in order)');
     const trackChanges = values['no-track-changes'] ? false as const : { granularity: parseGranularity(values['track-granularity']) };
-    // vCPU threads take longest to start: start them while the rest loads (best effort; errors come later).
+    // vCPU threads take longest to start: one started with the process (main.ts); start the others
+    // before the snapshot is read (best effort: errors come later).
     try {
-      const { readStateMeta } = await import('../../../vmm/snapshot/format.js');
       const count = readStateMeta(dirs[0]!).vcpuCount;
-      if (typeof count === 'number' && count >= 1 && count <= 64) prewarmVcpuWorkers(count);
+      if (typeof count === 'number' && count >= 1) vmm.prewarmVcpuWorkers(count);
     } catch {
       // openSnapshotChain below reports what is wrong with the snapshot.
     }
 
-    const vmm = await import('../../../vmm/index.js');
-    const bootErrors = await import('../../../vmm/boot/errors.js');
-    const snapshot = await import('../../../vmm/snapshot/snapshot.js');
     let chain;
     try {
-      chain = snapshot.openSnapshotChain(dirs);
+      chain = openSnapshotChain(dirs);
     } catch (err) {
       throw new UserError((err as Error).message);
     }
@@ -95,14 +95,13 @@ export const vmRestore: Command = {
       for (const [i, d] of config.disks.entries()) {
         if (d.sizeBytes !== meta.disks[i]!.sizeBytes) throw new UserError(`disk ${i} (${d.path}) is ${d.sizeBytes} bytes; the snapshot's was ${meta.disks[i]!.sizeBytes}`);
       }
-      const { hostRestoreLimits } = await import('../../../vmm/snapshot/host-limits.js');
-      snapshot.checkRestorable(chain.state, hostRestoreLimits());
+      checkRestorable(chain.state, hostRestoreLimits());
       const restoreFrom = chain;
       chain = undefined; // runVm owns it now (the VM's memory is mapped from it)
-      return await runInForeground(vmm, bootErrors, values, { config, restoreFrom, trackChanges, logDirtyPages: true, bootTimeoutMs: 0 });
+      return await runInForeground(values, { config, restoreFrom, trackChanges, logDirtyPages: true, bootTimeoutMs: 0 });
     } catch (err) {
-      if (err instanceof snapshot.SnapshotError || (err as Error).name === 'SnapshotFormatError') throw new UserError((err as Error).message);
-      throw asUserError(vmm, bootErrors, err);
+      if (err instanceof SnapshotError || (err as Error).name === 'SnapshotFormatError') throw new UserError((err as Error).message);
+      throw asUserError(err);
     } finally {
       chain?.close();
     }

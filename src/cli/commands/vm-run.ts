@@ -2,15 +2,15 @@
 import { closeSync, existsSync, openSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import * as vmm from '../../../vmm/index.js';
 import type { Machine, RunOptions, ValidatedConfig } from '../../../vmm/index.js';
-import { prewarmVcpuWorkers } from '../../../vmm/vcpu-prewarm.js';
-import { DEFAULT_MEMORY_MIB, DEFAULT_VCPUS } from '../../../vmm/vm-config.js';
 import { UsageError, UserError, type Command } from '../command.js';
 import { projectRoot } from '../../util/project-root.js';
 
-// vmm/ is loaded when the command runs, after the vCPU threads have been started (they load in parallel).
-type Vmm = typeof import('../../../vmm/index.js');
-type BootErrors = typeof import('../../../vmm/boot/errors.js');
+// The vCPU worker threads were started before this module loaded (main.ts, prewarmForCommand), so that
+// their start-up overlaps with loading the VMM code. `npm run build` bundles this command with the VMM
+// (scripts/bundle.ts).
+const { DEFAULT_MEMORY_MIB, DEFAULT_VCPUS } = vmm;
 
 /** Ctrl-] on a terminal stops the VM (like telnet and virsh console). */
 const ESCAPE_BYTE = 0x1d;
@@ -56,7 +56,7 @@ function parseNumber(name: string, value: string | undefined, fallback: number):
   return Number(value);
 }
 
-function buildConfig(vmm: Vmm, values: Record<string, string | boolean | string[] | undefined>): { config: ValidatedConfig; bootTimeoutMs: number } {
+function buildConfig(values: Record<string, string | boolean | string[] | undefined>): { config: ValidatedConfig; bootTimeoutMs: number } {
   const kernelPath = (values.kernel as string | undefined) ?? defaultKernelPath();
   if (values.kernel === undefined && !existsSync(kernelPath)) {
     throw new UserError(`the Lifeboat guest is not built (${kernelPath} is missing): run 'make -C guest', or pass --kernel`);
@@ -76,7 +76,7 @@ function buildConfig(vmm: Vmm, values: Record<string, string | boolean | string[
 }
 
 /** Terminal input goes to the guest; Ctrl-] stops the VM. Returns the undo. */
-function attachStdin(console: InstanceType<Vmm['GuestConsole']>, stop: () => void): () => void {
+function attachStdin(console: vmm.GuestConsole, stop: () => void): () => void {
   const stdin = process.stdin;
   const tty = stdin.isTTY === true;
   if (tty) stdin.setRawMode(true);
@@ -136,20 +136,17 @@ export const vmRun: Command = {
       ? (what: string) => process.stderr.write(`lifeboat vm trace: ${what} (t=${performance.now().toFixed(1)} ms)\n`)
       : () => {};
     trace('command started');
-    const vcpus = parseNumber('vcpus', values.vcpus, DEFAULT_VCPUS);
-    if (vcpus >= 1 && vcpus <= 64) prewarmVcpuWorkers(vcpus);
-    const vmm = await import('../../../vmm/index.js');
-    const bootErrors = await import('../../../vmm/boot/errors.js');
-    trace('VMM code loaded');
+    // Normally started already (main.ts); this covers a caller that runs the command directly.
+    vmm.prewarmVcpuWorkers(parseNumber('vcpus', values.vcpus, DEFAULT_VCPUS));
     let built;
     try {
-      built = buildConfig(vmm, values);
+      built = buildConfig(values);
     } catch (err) {
-      throw asUserError(vmm, bootErrors, err);
+      throw asUserError(err);
     }
 
     const trackChanges = values['no-track-changes'] ? false as const : { granularity: parseGranularity(values['track-granularity']) };
-    return await runInForeground(vmm, bootErrors, values, { config: built.config, bootTimeoutMs: built.bootTimeoutMs, trackChanges, logDirtyPages: true });
+    return await runInForeground(values, { config: built.config, bootTimeoutMs: built.bootTimeoutMs, trackChanges, logDirtyPages: true });
   },
 };
 
@@ -165,8 +162,6 @@ export interface ForegroundValues {
  * input (Ctrl-] stops), SIGTERM/SIGINT (clean stop, 143/130), control socket. Returns the exit status.
  */
 export async function runInForeground(
-  vmm: Vmm,
-  bootErrors: BootErrors,
   values: ForegroundValues,
   options: Omit<RunOptions, 'console' | 'apiSocket' | 'noReboot' | 'onBoot'>,
 ): Promise<number> {
@@ -212,7 +207,7 @@ export async function runInForeground(
       },
     });
   } catch (err) {
-    throw asUserError(vmm, bootErrors, err);
+    throw asUserError(err);
   } finally {
     detachStdin();
     process.off('SIGTERM', onTerm);
@@ -241,8 +236,8 @@ export function parseGranularity(text: string | undefined): number {
   return bytes;
 }
 
-export function asUserError(vmm: Vmm, boot: BootErrors, err: unknown): unknown {
+export function asUserError(err: unknown): unknown {
   if (err instanceof vmm.VmmError) return new UserError(err.message, err.exitCode);
-  if (err instanceof boot.BootError) return new UserError(err.message);
+  if (err instanceof vmm.BootError) return new UserError(err.message);
   return err;
 }
