@@ -47,7 +47,7 @@ class ProtectedVm {
     });
     const take = (chunk: Buffer): void => {
       this.console += chunk.toString('utf8');
-      for (const m of this.console.matchAll(/ledger durable seq=(\d+)\n/g)) this.lastDurable = Math.max(this.lastDurable, Number(m[1]));
+      for (const m of this.console.matchAll(/ledger durable seq=(\d+)\r?\n/g)) this.lastDurable = Math.max(this.lastDurable, Number(m[1]));
       this.console = this.console.slice(-4096);
     };
     this.child.stdout!.on('data', take);

@@ -116,7 +116,7 @@ describe('the Lifeboat guest under our VMM', function () {
     let seenOffset = 0;
     try {
       for (let seen = 0; seen < 20;) {
-        const { match, end } = await vm.waitFor(/ledger durable seq=(\d+)\n/, 60_000, seenOffset);
+        const { match, end } = await vm.waitFor(/ledger durable seq=(\d+)\r?\n/, 60_000, seenOffset);
         seenOffset = end;
         lastDurable = Number(match[1]);
         seen++;
