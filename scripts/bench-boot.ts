@@ -3,12 +3,19 @@
 // Also the cost of one PIO exit round trip through our vCPU loop.
 //
 //   node dist/scripts/bench-boot.js [--runs 5] [--vcpus 1] [--mem 256] [--disk-mib 512] [--no-disk-bench] [--kernel BZIMAGE]
+//                                   [--breakdown 5] [--keep-node-extra-ca-certs]
 //   (--runs 0: only the PIO exit cost)
+//
+// Our VMM runs as `node <this build>/src/cli/main.js vm run ...` (what bin/lifeboat runs), QEMU with the
+// flags of test/helpers/qemu.ts. NODE_EXTRA_CA_CERTS is removed from our VMM's environment unless
+// --keep-node-extra-ca-certs: Node 20 parses the whole CA bundle at start-up when it is set (40-140 ms on
+// a shared 2-core machine), a cost of the environment that QEMU does not pay; the report says when it was.
+// --breakdown N: N more runs of ours with LIFEBOAT_VMM_TRACE=1, for where the start-up time goes.
 //
 // Prints a Markdown report (the "VMM (issue 3)" section of docs/benchmarks.md).
 import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -24,19 +31,26 @@ import { VcpuSet } from '../vmm/vcpus.js';
 import { DEFAULT_CMDLINE } from '../vmm/vm-config.js';
 import { projectRoot } from '../src/util/project-root.js';
 import { qemuArgs } from '../test/helpers/qemu.js';
+import { isBundled } from './bundle.js';
 
 const MAIN = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
+/** Whether this build's CLI was bundled by scripts/bundle.ts (npm run build) or is plain tsc output. */
+const BUNDLED = isBundled(MAIN);
 const PROMPT = 'lifeboat> ';
 
 interface Sample {
   bootMs: number;
+  /** The guest's own boot time (its `lifeboat: ready in N us`, on the guest's clock from its entry). */
+  guestMs: number;
   bench?: { seqRead: number; seqWrite: number; randRead: number; randWrite: number };
+  /** LIFEBOAT_VMM_TRACE milestones (ms since the VMM process started), when traced. */
+  trace?: Record<string, number>;
 }
 
 /** Spawns a VMM, measures start -> first prompt, runs `disk bench 0`, powers off. */
-async function runOnce(cmd: string, args: string[], diskBench: boolean): Promise<Sample> {
+async function runOnce(cmd: string, args: string[], diskBench: boolean, env: NodeJS.ProcessEnv = process.env): Promise<Sample> {
   const t0 = performance.now();
-  const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+  const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'], env });
   let out = '';
   let err = '';
   let bootMs = -1;
@@ -79,11 +93,21 @@ async function runOnce(cmd: string, args: string[], diskBench: boolean): Promise
     const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
     await exited;
     clearTimeout(timer);
-    return { bootMs, bench };
+    const ready = /lifeboat: ready in (\d+) us/.exec(out);
+    return { bootMs, guestMs: ready ? Number(ready[1]) / 1000 : NaN, bench, trace: traceMilestones(err) };
   } catch (e) {
     child.kill('SIGKILL');
     throw e;
   }
+}
+
+/** `lifeboat vm trace: STEP [N ms ](t=T ms)` lines, and the vCPU threads' own line: milestone -> T. */
+function traceMilestones(stderr: string): Record<string, number> | undefined {
+  const t: Record<string, number> = {};
+  for (const m of stderr.matchAll(/lifeboat vm trace: (.+?) (?:[\d.]+ ms )?\(t=([\d.]+) ms\)/g)) t[m[1]!] ??= Number(m[2]);
+  const v = /vCPU 0 code loaded t=([\d.]+) ms, configured t=([\d.]+) ms, ready t=([\d.]+) ms/.exec(stderr);
+  if (v) Object.assign(t, { 'vCPU 0 worker loaded': Number(v[1]), 'vCPU 0 configured': Number(v[2]), 'vCPU 0 ready': Number(v[3]) });
+  return Object.keys(t).length ? t : undefined;
 }
 
 function median(xs: number[]): number {
@@ -132,6 +156,8 @@ async function main(): Promise<void> {
       'disk-mib': { type: 'string', default: '512' },
       'no-disk-bench': { type: 'boolean' },
       kernel: { type: 'string' },
+      breakdown: { type: 'string', default: '5' },
+      'keep-node-extra-ca-certs': { type: 'boolean' },
     },
   });
   const runs = Number(values.runs);
@@ -152,6 +178,9 @@ async function main(): Promise<void> {
   const tscKhz = probeKvmApi().tscKhz;
   const cmdline = `${DEFAULT_CMDLINE}${tscKhz ? ` lifeboat.tsc_khz=${tscKhz}` : ''}`;
   const ours = [process.execPath, [MAIN, 'vm', 'run', '--kernel', bin, '--vcpus', String(vcpus), '--mem', String(mem), '--disk', diskOurs]] as const;
+  const oursEnv = { ...process.env };
+  const droppedCaCerts = oursEnv.NODE_EXTRA_CA_CERTS !== undefined && !values['keep-node-extra-ca-certs'];
+  if (droppedCaCerts) delete oursEnv.NODE_EXTRA_CA_CERTS;
   // The flags the guest's own QEMU harness uses (virtio-mmio version 2, console on stdio), plus -no-user-config.
   const qemu = ['qemu-system-x86_64', ['-no-user-config', ...qemuArgs({ accel: 'kvm', cpus: vcpus, memoryMiB: mem, kernel: elf, append: cmdline, disks: [{ path: diskQemu }] })]] as const;
 
@@ -161,11 +190,13 @@ async function main(): Promise<void> {
     const order = i % 2 === 0 ? (['ours', 'qemu'] as const) : (['qemu', 'ours'] as const);
     for (const who of order) {
       const [cmd, args] = who === 'ours' ? ours : qemu;
-      const s = await runOnce(cmd, [...args], diskBench);
+      const s = await runOnce(cmd, [...args], diskBench, who === 'ours' ? oursEnv : process.env);
       samples[who].push(s);
       process.stderr.write(`run ${i + 1}/${runs} ${who}: boot ${s.bootMs.toFixed(0)} ms${s.bench ? ` seq r/w ${s.bench.seqRead}/${s.bench.seqWrite} MiB/s rand r/w ${s.bench.randRead}/${s.bench.randWrite} IOPS` : ''}\n`);
     }
   }
+  const traced: Sample[] = [];
+  for (let i = 0; i < Number(values.breakdown); i++) traced.push(await runOnce(ours[0], [...ours[1]], false, { ...oursEnv, LIFEBOAT_VMM_TRACE: '1' }));
   const pioNs = await pioExitCost(20_000);
   rmSync(dir, { recursive: true, force: true });
 
@@ -180,12 +211,15 @@ async function main(): Promise<void> {
     return;
   }
   const lines = [
-    `Command: \`node dist/scripts/bench-boot.js --runs ${runs} --vcpus ${vcpus} --mem ${mem} --disk-mib ${values['disk-mib']}\``,
-    `(${runs} interleaved runs each; medians; ratio = ours / QEMU; ${new Date().toISOString().slice(0, 10)}, host: ${vcpus} vCPU guest on a 2-core PVM host)`,
+    `Command: \`node dist/scripts/bench-boot.js --runs ${runs} --vcpus ${vcpus} --mem ${mem} --disk-mib ${values['disk-mib']}${diskBench ? '' : ' --no-disk-bench'}${values['keep-node-extra-ca-certs'] ? ' --keep-node-extra-ca-certs' : ''}\``,
+    `(${runs} interleaved runs each, alternating who goes first; medians; ratio = ours / QEMU; ${new Date().toISOString().slice(0, 10)}; ` +
+      `${vcpus} vCPU guest, ${mem} MiB; CLI ${BUNDLED ? 'bundled (npm run build)' : 'NOT bundled (tsc only)'}; host: ${cpus().length} cores, load average ${loadavg()[0]!.toFixed(1)} at the end` +
+      `${droppedCaCerts ? '; NODE_EXTRA_CA_CERTS, set in this environment, removed from our VMM\'s' : ''})`,
     '',
     '| measure | Lifeboat VMM | QEMU microvm | ratio | bar |',
     '|---|---|---|---|---|',
     row('process start -> first `lifeboat> `', (s) => s.bootMs, 'ms', '<= 1.0'),
+    row('  of which the guest\'s own boot (its `ready in`)', (s) => s.guestMs, 'ms', '-'),
   ];
   if (diskBench) {
     lines.push(
@@ -196,6 +230,15 @@ async function main(): Promise<void> {
     );
   }
   lines.push('', `PIO exit round trip through our vCPU loop (guest \`out\` -> KVM_RUN returns -> Bus -> KVM_RUN): ${(pioNs / 1000).toFixed(1)} us`);
+  const milestones = [...new Set(traced.flatMap((s) => Object.keys(s.trace ?? {})))];
+  if (milestones.length) {
+    const at = (k: string) => median(traced.map((s) => s.trace?.[k]).filter((v): v is number => v !== undefined));
+    lines.push('', `Where our start-up goes (${traced.length} more runs with LIFEBOAT_VMM_TRACE=1; median ms since the process started):`, '',
+      '| milestone | t (ms) |', '|---|---|',
+      ...milestones.sort((a, b) => at(a) - at(b)).map((k) => `| ${k} | ${at(k).toFixed(1)} |`),
+      `| guest entry (first prompt - guest's own boot) | ${median(traced.map((s) => s.bootMs - s.guestMs)).toFixed(1)} |`,
+      `| first \`lifeboat> \` (wall, measured here) | ${median(traced.map((s) => s.bootMs)).toFixed(1)} |`);
+  }
   process.stdout.write(lines.join('\n') + '\n');
 }
 

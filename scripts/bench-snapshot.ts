@@ -7,7 +7,10 @@
 // Also guest disk write throughput (`disk bench 0`) with changed-block tracking on and off.
 //
 //   node dist/scripts/bench-snapshot.js [--runs 3] [--mem 1024] [--vcpus 2] [--dirty-percent 5]
-//                                      [--no-qemu] [--no-throughput] [--docs]
+//                                      [--no-qemu] [--no-throughput] [--docs] [--keep-node-extra-ca-certs]
+//
+// Our VMM runs without NODE_EXTRA_CA_CERTS unless --keep-node-extra-ca-certs (see scripts/bench-boot.ts:
+// Node 20 parses the whole CA bundle at start-up when it is set, a cost of the environment).
 //
 // Prints a Markdown report; --docs also writes it as the "Snapshots (issue 4)" section of docs/benchmarks.md.
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -20,9 +23,20 @@ import { parseArgs } from 'node:util';
 import { controlRequest } from '../vmm/control-socket.js';
 import { projectRoot } from '../src/util/project-root.js';
 import { qemuArgs } from '../test/helpers/qemu.js';
+import { isBundled } from './bundle.js';
 
 const MAIN = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
+/** Whether this build's CLI was bundled by scripts/bundle.ts (npm run build) or is plain tsc output. */
+const BUNDLED = isBundled(MAIN);
 const PROMPT = 'lifeboat> ';
+/** Our VMM's environment: NODE_EXTRA_CA_CERTS removed unless --keep-node-extra-ca-certs (set in main). */
+let keepCaCerts = false;
+const droppedCaCerts = () => process.env.NODE_EXTRA_CA_CERTS !== undefined && !keepCaCerts;
+function vmmEnv(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
+  const env = { ...process.env, ...extra };
+  if (droppedCaCerts()) delete env.NODE_EXTRA_CA_CERTS;
+  return env;
+}
 const PAGE = 4096;
 
 /** A child process whose stdout (the guest console) and stderr we watch. */
@@ -33,8 +47,8 @@ class Proc {
   readonly started = performance.now();
   readonly exited: Promise<number | null>;
 
-  constructor(cmd: string, args: string[], env: NodeJS.ProcessEnv = {}) {
-    this.child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+  constructor(cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env) {
+    this.child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'], env });
     this.child.stdout!.setEncoding('latin1').on('data', (s: string) => (this.out += s.replace(/\r/g, '')));
     this.child.stderr!.setEncoding('utf8').on('data', (s: string) => (this.err += s));
     this.child.stdin!.on('error', () => {});
@@ -64,6 +78,15 @@ class Proc {
   }
 }
 
+/**
+ * Before a restore is timed (ours and QEMU's alike): let the host finish what the killed VM and the
+ * snapshot just written left behind (freeing the VM's memory, writeback), which otherwise lands on the
+ * restore being measured rather than on the snapshot.
+ */
+async function settle(): Promise<void> {
+  await new Promise((r) => setTimeout(r, 1000));
+}
+
 async function op(socket: string, request: { op: string } & Record<string, unknown>): Promise<Record<string, unknown>> {
   const r = await controlRequest(socket, request as never, 600_000);
   if (!r.ok) throw new Error(`${request.op}: ${r.error}`);
@@ -76,14 +99,17 @@ interface OursSample {
   diffBytes: number;
   diffPages: number;
   restoreWallMs: number;
-  /** Process start until the VMM begins restoring (Node start-up and module loading). */
+  /** Process start until `lifeboat vm restore` starts (Node start-up, the CLI and the VMM code loaded). */
   startupMs: number;
+  /** From then to running vCPUs: open the snapshot, map its memory, build the VM, load its state. */
   restoreVmmMs: number;
+  /** Of which opening the snapshot chain (state read, memory mapped, the diffs' pages copied in). */
+  openMs: number;
 }
 
 async function ours(dir: string, mem: number, vcpus: number, dirtyPages: number): Promise<OursSample> {
   const sock = join(dir, 'vm.sock');
-  const vm = new Proc(process.execPath, [MAIN, 'vm', 'run', '--mem', String(mem), '--vcpus', String(vcpus), '--api-sock', sock]);
+  const vm = new Proc(process.execPath, [MAIN, 'vm', 'run', '--mem', String(mem), '--vcpus', String(vcpus), '--api-sock', sock], vmmEnv());
   try {
     await vm.until(() => vm.out.endsWith(PROMPT), 'boot');
     await op(sock, { op: 'snapshot.create', kind: 'full', out: join(dir, 'full') });
@@ -91,19 +117,23 @@ async function ours(dir: string, mem: number, vcpus: number, dirtyPages: number)
     if (!dirtied.includes(`mem dirty pages=${dirtyPages}`)) throw new Error(`mem dirty: ${dirtied}`);
     const diff = await op(sock, { op: 'snapshot.create', kind: 'diff', out: join(dir, 'diff') });
     await vm.kill();
+    await settle();
     // Restore: wall time from process start to the vCPUs running (the VMM's trace line), and the same
     // measured inside the VMM from the start of the restore to the resume.
-    const restored = new Proc(process.execPath, [MAIN, 'vm', 'restore', '--from', join(dir, 'full'), '--from', join(dir, 'diff')], { LIFEBOAT_VMM_TRACE: '1' });
+    const restored = new Proc(process.execPath, [MAIN, 'vm', 'restore', '--from', join(dir, 'full'), '--from', join(dir, 'diff')], vmmEnv({ LIFEBOAT_VMM_TRACE: '1' }));
     try {
       const wall = await restored.until(() => /trace: run /.test(restored.err), 'restore');
-      const steps = [...restored.err.matchAll(/trace: (.+?) ([\d.]+) ms \(t=([\d.]+) ms\)/g)].map((m) => ({ step: m[1]!, ms: Number(m[2]), t: Number(m[3]) }));
-      const first = steps[0]!;
-      const run = steps.find((s) => s.step === 'run')!;
+      const at = (step: string) => {
+        const m = new RegExp(`trace: ${step.replace(/[()]/g, '\\$&')} (?:[\\d.]+ ms )?\\(t=([\\d.]+) ms\\)`).exec(restored.err);
+        if (!m) throw new Error(`no '${step}' in the restore's trace: ${restored.err}`);
+        return Number(m[1]);
+      };
+      const started = at('command started');
       const alive = await restored.command('info', 30_000);
       if (!alive.includes('info cpus=')) throw new Error(`the restored guest does not answer: ${alive}`);
       return {
         pauseMs: diff.pauseMs as number, totalMs: diff.totalMs as number, diffBytes: diff.diskBytes as number, diffPages: diff.memoryPages as number,
-        restoreWallMs: wall, startupMs: first.t - first.ms, restoreVmmMs: run.t - (first.t - first.ms),
+        restoreWallMs: wall, startupMs: started, restoreVmmMs: at('run') - started, openMs: at('snapshot opened (memory mapped, diffs applied)') - started,
       };
     } finally {
       await restored.kill();
@@ -180,6 +210,7 @@ async function qemu(dir: string, mem: number, vcpus: number, dirtyPages: number)
     await qmp(sock, { execute: 'stop' });
     const stopped = await migrate(sock, join(dir, 'qemu-stopped.migration'));
     await vm.kill();
+    await settle();
     const sock2 = join(dir, 'qmp2.sock');
     const restored = new Proc('qemu-system-x86_64', [...base, '-qmp', `unix:${sock2},server=on,wait=off`, '-incoming', `exec:cat ${file}`]);
     try {
@@ -219,7 +250,7 @@ async function diskBench(dir: string, tracking: boolean): Promise<Throughput> {
   writeFileSync(disk, '');
   truncateSync(disk, 256 * 1024 * 1024);
   const args = [MAIN, 'vm', 'run', '--mem', '256', '--disk', disk, '--exec', 'disk bench 0', ...(tracking ? [] : ['--no-track-changes'])];
-  const vm = new Proc(process.execPath, args);
+  const vm = new Proc(process.execPath, args, vmmEnv());
   const code = await vm.exited;
   const m = /disk bench seq_read_mibps=\d+ seq_write_mibps=(\d+) rand_read_iops=\d+ rand_write_iops=(\d+)/.exec(vm.out);
   if (code !== 0 || !m) throw new Error(`disk bench (tracking ${tracking ? 'on' : 'off'}) failed: ${vm.out.slice(-300)} ${vm.err}`);
@@ -264,8 +295,10 @@ async function main(): Promise<void> {
     options: {
       runs: { type: 'string', default: '3' }, 'throughput-runs': { type: 'string', default: '7' }, mem: { type: 'string', default: '1024' }, vcpus: { type: 'string', default: '2' },
       'dirty-percent': { type: 'string', default: '5' }, 'no-qemu': { type: 'boolean' }, 'no-throughput': { type: 'boolean' }, docs: { type: 'boolean' },
+      'keep-node-extra-ca-certs': { type: 'boolean' },
     },
   });
+  keepCaCerts = values['keep-node-extra-ca-certs'] === true;
   const runs = Number(values.runs);
   const mem = Number(values.mem);
   const vcpus = Number(values.vcpus);
@@ -305,8 +338,9 @@ async function main(): Promise<void> {
     '## Snapshots (issue 4)',
     '',
     `Measured by \`node dist/scripts/bench-snapshot.js --runs ${runs}\` on ${new Date().toISOString().slice(0, 10)}: the Lifeboat guest, ${mem} MiB, ${vcpus} vCPUs,`,
-    `after \`mem dirty ${dirtyPages}\` (${values['dirty-percent']}% of memory). Medians of ${runs} runs; host: ${cpus().length} cores (${cpus()[0]?.model ?? '?'}), PVM KVM,`,
-    `load average ${loadavg()[0]!.toFixed(1)} at the end (other work shares this machine: absolute numbers are noisy).`,
+    `after \`mem dirty ${dirtyPages}\` (${values['dirty-percent']}% of memory). Medians of ${runs} runs; CLI ${BUNDLED ? 'bundled (npm run build)' : 'NOT bundled (tsc only)'}; host: ${cpus().length} cores (${cpus()[0]?.model ?? '?'}), PVM KVM,`,
+    `load average ${loadavg()[0]!.toFixed(1)} at the end (other work shares this machine: absolute numbers are noisy)` +
+      `${droppedCaCerts() ? '; NODE_EXTRA_CA_CERTS, set in this environment, removed from our VMM\'s' : ''}.`,
     'QEMU has no incremental snapshot to a file: its column is `migrate "exec:cat > FILE"` of the whole VM',
     '(QMP `query-migrate` downtime and total time) and `-incoming "exec:cat FILE"` until QMP `query-status` says running.',
     '',
@@ -320,9 +354,10 @@ async function main(): Promise<void> {
   row('snapshot size on disk', `${mib(o('diffBytes'))} (${o('diffPages')} pages)`, hasQemu ? mib(q('bytes')) : '-', hasQemu ? `${fmt(q('bytes') / o('diffBytes'))}x` : '-');
   row('pause if the VM is stopped for the whole save', '(n/a: never)', hasQemu ? `${fmt(q('stoppedTotalMs'))} ms` : '-', hasQemu ? `${fmt(q('stoppedTotalMs') / o('pauseMs'))}x` : '-');
   row('restore to running, from process start', `${fmt(o('restoreWallMs'))} ms`, hasQemu ? `${fmt(q('restoreWallMs'))} ms` : '-', hasQemu ? `${fmt(q('restoreWallMs') / o('restoreWallMs'))}x` : '-');
-  row('  of which process start-up', `${fmt(o('startupMs'))} ms (Node, modules)`, hasQemu ? `${fmt(q('startupMs'))} ms (to QMP)` : '-', '-');
-  row('  of which restoring', `${fmt(o('restoreVmmMs'))} ms (map, state, vCPUs)`, hasQemu ? `${fmt(q('restoreWallMs') - q('startupMs'))} ms (load stream)` : '-',
+  row('  of which process start-up', `${fmt(o('startupMs'))} ms (Node, the CLI and VMM code)`, hasQemu ? `${fmt(q('startupMs'))} ms (to QMP)` : '-', '-');
+  row('  of which restoring', `${fmt(o('restoreVmmMs'))} ms (snapshot, VM, state, vCPUs)`, hasQemu ? `${fmt(q('restoreWallMs') - q('startupMs'))} ms (load stream)` : '-',
     hasQemu ? `${fmt((q('restoreWallMs') - q('startupMs')) / o('restoreVmmMs'))}x` : '-');
+  row('    of which opening the snapshot chain', `${fmt(o('openMs'))} ms (diff pages copied in)`, '-', '-');
   lines.push('');
   lines.push(`Bars: diff snapshot pause < 50 ms: ${o('pauseMs') < 50 ? 'met' : 'NOT met'}; restore to running < 100 ms: ${o('restoreVmmMs') < 100 ? 'met' : 'NOT met'} inside the VMM, ` +
     `${o('restoreWallMs') < 100 ? 'met' : 'NOT met'} from process start` +

@@ -1,4 +1,5 @@
 // The narrow public API of vmm/: what the CLI, the agent and the tracking/snapshot code use.
+export { BootError } from './boot/errors.js';
 export { GuestConsole } from './console.js';
 export { ControlSocket, controlRequest, type ControlHandlers, type ControlRequest, type ControlResponse } from './control-socket.js';
 export { VmmError } from './kvm/errors.js';
@@ -9,7 +10,7 @@ export {
   type BootOptions, type MachineExit, type MachineStatus, type RunOptions, type RunResult,
 } from './machine.js';
 export type { GuestMemory, MemoryRegion } from './memory.js';
-export { prewarmVcpuWorkers } from './vcpu-prewarm.js';
+export { prewarmForCommand, prewarmVcpuWorkers } from './vcpu-prewarm.js';
 export type { VcpuState } from './vcpu-state.js';
 export type { VcpuSet } from './vcpus.js';
 export {

@@ -9,7 +9,7 @@ import { VmmError } from './kvm/errors.js';
 import * as ctl from './vcpu-control.js';
 import type { VcpuBoot } from './vcpu-setup.js';
 import type { VcpuState } from './vcpu-state.js';
-import { vcpuWorker } from './vcpu-prewarm.js';
+import { vcpuWorker, workerLoaded } from './vcpu-prewarm.js';
 
 /**
  * The first message a vCPU worker waits for (it may have been spawned before the VM existed, see
@@ -38,6 +38,8 @@ export interface VcpuAttach {
 }
 
 export type VcpuToMain =
+  /** The worker's code (koffi included) has loaded; until then it must not be terminated (vcpu-prewarm.ts). */
+  | { type: 'loaded' }
   /** `timing`: wall-clock ms (timeOrigin-based) when the worker's code had loaded, was configured, was ready. */
   | { type: 'ready'; vcpu: number; tid: bigint; timing: { loadedAt: number; configuredAt: number; readyAt: number } }
   /** Setting up the vCPU failed (before 'ready'). */
@@ -105,7 +107,7 @@ export class VcpuThread {
       } else if (m.type === 'failed') {
         this.failure = new VmmError(m.message);
         this.readyWaiter?.reject(this.failure);
-      } else this.onEvent(m);
+      } else if (m.type === 'event') this.onEvent(m);
     });
     worker.on('error', (err) => {
       this.failure = err;
@@ -184,7 +186,9 @@ export class VcpuThread {
 
   async stop(): Promise<void> {
     if (!this.setUp || this.tid === 0n) {
-      // Never configured (a boot step failed): nothing runs guest code, just end the thread.
+      // Never configured (a boot step failed): nothing runs guest code, just end the thread (once its
+      // code has loaded: terminating a thread while koffi's native module initialises aborts the process).
+      await workerLoaded(this.worker);
       await this.worker.terminate();
       await this.exited;
       return;

@@ -16,9 +16,12 @@ import { configureVcpu } from './vcpu-setup.js';
 import { loadVcpuState, saveVcpuState } from './vcpu-state.js';
 import type { VcpuAttach, VcpuCommand, VcpuCommandResult, VcpuConfigure, VcpuToMain } from './vcpu-thread.js';
 
-const now = () => performance.timeOrigin + performance.now();
+// Start-up timing for LIFEBOAT_VMM_TRACE only: the first use of `performance` loads code in a new thread.
+const now = process.env.LIFEBOAT_VMM_TRACE === '1' ? () => performance.timeOrigin + performance.now() : () => 0;
 const loadedAt = now();
 const port = parentPort!;
+// Our code, koffi's native module included, has loaded: from now on this thread may be terminated.
+port.postMessage({ type: 'loaded' } satisfies VcpuToMain);
 // Possibly spawned before the VM existed (vcpu-prewarm.ts): first the vCPU and its boot state, then
 // (once they exist) the VM's memory and devices.
 const messages: Array<VcpuConfigure | VcpuAttach> = [];
@@ -47,7 +50,9 @@ try {
 const configuredAt = now();
 const attach = await next<VcpuAttach>('attach');
 port.removeAllListeners('message');
-const memory = GuestMemory.attach(attach.memory);
+// Guest memory is read here only to report a crash. Mapping a view of it costs a garbage collection
+// (V8 counts the view as external memory), so that waits until a crash needs it.
+let memory: GuestMemory | undefined;
 
 const runBuffer = koffi.view(data.runAddress, data.runSize);
 const run = new DataView(runBuffer);
@@ -77,7 +82,7 @@ function crash(what: string): void {
   try {
     const regs = vcpu.getRegs();
     const sregs = vcpu.getSregs();
-    where = ` at RIP 0x${regs.rip.toString(16)}, instruction bytes ${instructionBytes(memory, sregs, regs.rip)}`;
+    where = ` at RIP 0x${regs.rip.toString(16)}, instruction bytes ${instructionBytes((memory ??= GuestMemory.attach(attach.memory)), sregs, regs.rip)}`;
   } catch (err) {
     where = ` (registers unavailable: ${(err as Error).message})`;
   }

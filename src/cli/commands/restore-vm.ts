@@ -7,7 +7,7 @@ import { readStateMeta } from '../../../vmm/snapshot/format.js';
 import { hostRestoreLimits } from '../../../vmm/snapshot/host-limits.js';
 import { checkRestorable, openSnapshotChain, SnapshotError } from '../../../vmm/snapshot/snapshot.js';
 import { UsageError, UserError, type Command } from '../command.js';
-import { asUserError, parseGranularity, runInForeground } from './vm-run.js';
+import { asUserError, parseGranularity, runInForeground, startupTrace } from './vm-run.js';
 
 const help = `Usage: lifeboat vm restore --from DIR [--from DIR ...] [options]
 
@@ -53,6 +53,8 @@ export const vmRestore: Command = {
     } catch (err) {
       throw new UsageError((err as Error).message);
     }
+    const trace = startupTrace();
+    trace('command started');
     const dirs = values.from ?? [];
     if (dirs.length === 0) throw new UsageError('--from DIR is required (the full snapshot, then any diffs in order)');
     const trackChanges = values['no-track-changes'] ? false as const : { granularity: parseGranularity(values['track-granularity']) };
@@ -71,6 +73,7 @@ export const vmRestore: Command = {
     } catch (err) {
       throw new UserError((err as Error).message);
     }
+    trace('snapshot opened (memory mapped, diffs applied)');
     try {
       const meta = chain.state.meta;
       const machine = meta.machine as { kernelPath?: string; cmdline?: string; vcpus?: number; memoryBytes?: number };
@@ -96,6 +99,7 @@ export const vmRestore: Command = {
         if (d.sizeBytes !== meta.disks[i]!.sizeBytes) throw new UserError(`disk ${i} (${d.path}) is ${d.sizeBytes} bytes; the snapshot's was ${meta.disks[i]!.sizeBytes}`);
       }
       checkRestorable(chain.state, hostRestoreLimits());
+      trace('snapshot checked against this host');
       const restoreFrom = chain;
       chain = undefined; // runVm owns it now (the VM's memory is mapped from it)
       return await runInForeground(values, { config, restoreFrom, trackChanges, logDirtyPages: true, bootTimeoutMs: 0 });

@@ -132,9 +132,7 @@ export const vmRun: Command = {
       throw new UsageError((err as Error).message);
     }
     const values = parsed.values;
-    const trace = process.env.LIFEBOAT_VMM_TRACE === '1'
-      ? (what: string) => process.stderr.write(`lifeboat vm trace: ${what} (t=${performance.now().toFixed(1)} ms)\n`)
-      : () => {};
+    const trace = startupTrace();
     trace('command started');
     // Normally started already (main.ts); this covers a caller that runs the command directly.
     vmm.prewarmVcpuWorkers(parseNumber('vcpus', values.vcpus, DEFAULT_VCPUS));
@@ -149,6 +147,15 @@ export const vmRun: Command = {
     return await runInForeground(values, { config: built.config, bootTimeoutMs: built.bootTimeoutMs, trackChanges, logDirtyPages: true });
   },
 };
+
+/**
+ * LIFEBOAT_VMM_TRACE=1: a line on stderr per start-up milestone of the command, with the time since the
+ * process started (the VMM's boot steps follow, vmm/machine.ts).
+ */
+export function startupTrace(): (what: string) => void {
+  if (process.env.LIFEBOAT_VMM_TRACE !== '1') return () => {};
+  return (what) => process.stderr.write(`lifeboat vm trace: ${what} (t=${performance.now().toFixed(1)} ms)\n`);
+}
 
 /** The options of a foreground VMM that come from the command line (shared with `lifeboat vm restore`). */
 export interface ForegroundValues {
