@@ -206,7 +206,12 @@ function loop(): void {
     const ret = libc.ioctlRaw(fd, ioc.KVM_RUN, 0);
     if (ret < 0) {
       const e = libc.errno();
-      if (e === libc.EINTR || e === libc.EAGAIN) continue;
+      if (e === libc.EINTR || e === libc.EAGAIN) {
+        // A kick: consumed. A kick that lands after park() cleared the flag would otherwise leave it set
+        // and make every later KVM_RUN return EINTR at once (a VM that never runs again after a resume).
+        run.setUint8(1, 0);
+        continue;
+      }
       crash(`KVM_RUN failed: ${new libc.SysError('KVM_RUN', e).message}`);
       return;
     }
