@@ -238,9 +238,8 @@ function segmentOffset(v: DataView, s: number): number {
 
 // ---- moving bytes between the image and a chain's buffers ----
 
-/** Views of guest RAM covering bytes [start, start+length) of a buffer list. */
-function streamViews(ram: GuestRam, list: BufferList, start: number, length: number): Uint8Array[] {
-  const views: Uint8Array[] = [];
+/** Calls `fn` for each buffer of a list with the part of it covering bytes [start, start+length). */
+function forEachSegment(list: BufferList, start: number, length: number, fn: (i: number, skip: number, n: number) => void): void {
   let skip = start;
   let left = length;
   for (let i = 0; i < list.count && left > 0; i++) {
@@ -250,11 +249,19 @@ function streamViews(ram: GuestRam, list: BufferList, start: number, length: num
       continue;
     }
     const n = Math.min(len - skip, left);
-    const off = list.offset[i]! + skip;
-    views.push(ram.bytes.subarray(off, off + n));
+    fn(i, skip, n);
     left -= n;
     skip = 0;
   }
+}
+
+/** Views of guest RAM covering bytes [start, start+length) of a buffer list. */
+function streamViews(ram: GuestRam, list: BufferList, start: number, length: number): Uint8Array[] {
+  const views: Uint8Array[] = [];
+  forEachSegment(list, start, length, (i, skip, n) => {
+    const off = list.offset[i]! + skip;
+    views.push(ram.bytes.subarray(off, off + n));
+  });
   return views;
 }
 
@@ -276,19 +283,7 @@ function copyToStream(ram: GuestRam, list: BufferList, start: number, data: Uint
 }
 
 function markStreamDirty(ram: GuestRam, list: BufferList, start: number, length: number): void {
-  let skip = start;
-  let left = length;
-  for (let i = 0; i < list.count && left > 0; i++) {
-    const len = list.length[i]!;
-    if (skip >= len) {
-      skip -= len;
-      continue;
-    }
-    const n = Math.min(len - skip, left);
-    ram.markDirty(list.gpa[i]! + skip, n);
-    left -= n;
-    skip = 0;
-  }
+  forEachSegment(list, start, length, (i, skip, n) => ram.markDirty(list.gpa[i]! + skip, n));
 }
 
 /** pread(v) of `length` bytes at `position` into the buffers; a short read (the image shrank) is an error. */
