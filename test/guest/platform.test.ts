@@ -133,7 +133,10 @@ describe('Lifeboat guest under QEMU microvm (KVM): shell and workloads', functio
     await guest.waitFor(PROMPT);
     const from = guest.output.length;
     guest.send('mem dirty 100 2000\r');
-    await new Promise((r) => setTimeout(r, 400));
+    // The command runs once the guest has echoed the whole line; from then on 2000 pages/s passes 100
+    // pages within 50 ms of guest time, so a second of wall time leaves room for a loaded host.
+    await guest.waitFor(/mem dirty 100 2000\r?\n/, 10_000, from);
+    await new Promise((r) => setTimeout(r, 1000));
     guest.send('\x03');
     const m = await guest.waitFor(/^mem dirty pages=(\d+)$/m, 10_000, from);
     assert.ok(Number(m[1]) > 100, `expected it to cycle past 100 pages, got ${m[1]}`);
