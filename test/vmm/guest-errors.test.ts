@@ -85,32 +85,29 @@ describe('malformed input to the Lifeboat guest under our VMM: one error line, a
   });
   after(() => dir?.remove());
 
-  const checksumFaults: Array<{ table: 'rsdp' | 'madt' | 'dsdt'; expected: (vcpus: number, disks: number) => string }> = [
+  /** The guest's line for a table (by signature) whose bytes do not sum to 0. */
+  const tableChecksumError = (signature: string) => (vcpus: number, disks: number) => {
+    const { gpa, length } = tableAt(signature, vcpus, disks);
+    return `error: ACPI ${signature} checksum mismatch at 0x${gpa.toString(16)} (its ${length} bytes sum to 0x01, must be 0): the tables are corrupt`;
+  };
+  const platformFaults: Array<{ name: string; fault: AcpiTestFaultInjection; expected: (vcpus: number, disks: number) => string }> = [
     {
-      table: 'rsdp',
+      name: 'an RSDP with a wrong checksum',
+      fault: { corruptChecksumOf: 'rsdp' },
       expected: () => 'error: ACPI RSDP checksum mismatch at 0xe0000 (first 20 bytes sum to 0x01, must be 0): the tables are corrupt',
     },
-    {
-      table: 'madt',
-      expected: (vcpus, disks) => {
-        const { gpa, length } = tableAt('APIC', vcpus, disks);
-        return `error: ACPI APIC checksum mismatch at 0x${gpa.toString(16)} (its ${length} bytes sum to 0x01, must be 0): the tables are corrupt`;
-      },
-    },
-    {
-      table: 'dsdt',
-      expected: (vcpus, disks) => {
-        const { gpa, length } = tableAt('DSDT', vcpus, disks);
-        return `error: ACPI DSDT checksum mismatch at 0x${gpa.toString(16)} (its ${length} bytes sum to 0x01, must be 0): the tables are corrupt`;
-      },
-    },
+    { name: 'an XSDT with a wrong checksum', fault: { corruptChecksumOf: 'xsdt' }, expected: tableChecksumError('XSDT') },
+    { name: 'a FADT with a wrong checksum', fault: { corruptChecksumOf: 'fadt' }, expected: tableChecksumError('FACP') },
+    { name: 'a MADT with a wrong checksum', fault: { corruptChecksumOf: 'madt' }, expected: tableChecksumError('APIC') },
+    { name: 'a DSDT with a wrong checksum', fault: { corruptChecksumOf: 'dsdt' }, expected: tableChecksumError('DSDT') },
+    { name: 'no MADT in the XSDT', fault: { omitFromXsdt: 'madt' }, expected: () => 'error: ACPI MADT (signature APIC) not found in the XSDT' },
+    { name: 'no FADT in the XSDT', fault: { omitFromXsdt: 'fadt' }, expected: () => 'error: ACPI FADT (signature FACP) not found in the XSDT' },
   ];
 
-  for (const { table, expected } of checksumFaults) {
-    it(`${table === 'rsdp' ? 'an' : 'a'} ${table.toUpperCase()} with a wrong checksum: the guest names the table and its address, powers off with status 3, and runs no command (the disk stays untouched)`, async () => {
+  for (const { name, fault, expected } of platformFaults) {
+    it(`${name}: the guest names what is wrong, powers off with status 3, and runs no command (the disk stays untouched)`, async () => {
       const vcpus = 2;
-      const disk = sparseImage(join(dir.path, `checksum-${table}.img`), 8 * MIB);
-      const fault: AcpiTestFaultInjection = { corruptChecksumOf: table };
+      const disk = sparseImage(join(dir.path, `platform-${name.replace(/\W+/g, '-')}.img`), 8 * MIB);
       const exit = await runWithAcpiFault({ fault, vcpus, disks: [{ path: disk, readOnly: false }], exec: 'disk write 0 0 1048576 7' });
 
       assert.equal(exit.code, STATUS_PLATFORM, `the VMM exits with the guest's platform-error status\n${exit.stdout}\nstderr: ${exit.stderr}`);

@@ -67,7 +67,9 @@ export const MAX_VCPUS = 254;
  */
 export interface AcpiTestFaultInjection {
   /** Add 1 to this table's checksum byte so its bytes no longer sum to 0. */
-  readonly corruptChecksumOf?: 'rsdp' | 'madt' | 'dsdt';
+  readonly corruptChecksumOf?: 'rsdp' | 'xsdt' | 'fadt' | 'madt' | 'dsdt';
+  /** Leave this table out of the XSDT (it is still written to memory, but nothing points to it). */
+  readonly omitFromXsdt?: 'fadt' | 'madt';
   /** Build the DSDT without the virtio-mmio devices (COM1 stays). */
   readonly omitDsdtDevices?: boolean;
 }
@@ -100,7 +102,8 @@ export function buildAcpiTables(input: AcpiTablesInput): AcpiTables {
   // Sizes do not depend on addresses: lay the tables out first fit, then fill in the pointers.
   const dsdtBytes = buildDsdt(devices);
   const madtBytes = buildMadt(input.vcpus);
-  const xsdtSize = TABLE_HEADER_SIZE + 8 * 2;
+  const xsdtEntries = fault.omitFromXsdt ? 1 : 2;
+  const xsdtSize = TABLE_HEADER_SIZE + 8 * xsdtEntries;
   let next = ACPI_TABLES_START;
   const place = (size: number) => {
     const gpa = alignUp(next, TABLE_ALIGNMENT);
@@ -114,11 +117,15 @@ export function buildAcpiTables(input: AcpiTablesInput): AcpiTables {
   const xsdtAddress = place(xsdtSize);
 
   const fadtBytes = buildFadt(dsdtAddress);
-  const xsdtBytes = buildXsdt([fadtAddress, madtAddress]);
+  const xsdtBytes = buildXsdt(
+    fault.omitFromXsdt === 'fadt' ? [madtAddress] : fault.omitFromXsdt === 'madt' ? [fadtAddress] : [fadtAddress, madtAddress],
+  );
   const rsdpBytes = buildRsdp(xsdtAddress);
 
   if (fault.corruptChecksumOf === 'dsdt') breakChecksum(dsdtBytes, 9);
   if (fault.corruptChecksumOf === 'madt') breakChecksum(madtBytes, 9);
+  if (fault.corruptChecksumOf === 'fadt') breakChecksum(fadtBytes, 9);
+  if (fault.corruptChecksumOf === 'xsdt') breakChecksum(xsdtBytes, 9);
   if (fault.corruptChecksumOf === 'rsdp') breakChecksum(rsdpBytes, rsdp.offset('checksum'));
 
   return {
