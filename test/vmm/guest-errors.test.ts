@@ -5,7 +5,7 @@
 // serial input gets the user out of a command that would otherwise run forever.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdirSync, readdirSync, readFileSync, statSync, truncateSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { buildAcpiTables, type AcpiTestFaultInjection } from '../../vmm/acpi/tables.js';
@@ -13,6 +13,7 @@ import { VIRTIO_MMIO_SIZE, virtioGsi, virtioMmioBase } from '../../vmm/layout.js
 import { projectRoot } from '../../src/util/project-root.js';
 import { guestImage, requireKvm, runVm, tempDir, VmProcess, type VmExit } from '../helpers/vmm.js';
 import type { AcpiFaultRun } from './fixtures/run-with-acpi-fault.js';
+import { sparseImage } from '../helpers/image-files.js';
 
 const MIB = 1024 * 1024;
 const BOOT = ['--boot-timeout', '60'];
@@ -49,12 +50,6 @@ function tableAt(signature: string, vcpus: number, disks: number): { gpa: number
   const table = buildAcpiTables({ vcpus, virtioDevices }).tables.find((t) => t.signature === signature);
   assert.ok(table, `our VMM builds no ${signature}`);
   return table;
-}
-
-function sparseImage(path: string, bytes: number): string {
-  writeFileSync(path, '');
-  truncateSync(path, bytes);
-  return path;
 }
 
 const consoleLines = (stdout: string) => stdout.replace(/\r/g, '').split('\n').filter((l) => l.length > 0);

@@ -3,34 +3,18 @@
 // disks stay unchanged; a ledger survives SIGKILL of the VMM; pause really stops the guest.
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { openSync, readFileSync, readSync, closeSync, writeFileSync, writeSync, truncateSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { buildE820 } from '../../vmm/boot/e820.js';
 import { patternBuffer } from '../helpers/pattern.js';
 import { guestImage, requireKvm, runLifeboat, runVm, tempDir, VmProcess } from '../helpers/vmm.js';
+import { readAt, sparseImage, writeAt } from '../helpers/image-files.js';
 
 const MIB = 1024 * 1024;
 const BOOT = ['--boot-timeout', '60'];
 
 function e820RamBytes(memoryBytes: number): number {
   return buildE820(memoryBytes).filter((e) => e.type === 1).reduce((sum, e) => sum + Number(e.size), 0);
-}
-
-function sparseImage(path: string, bytes: number): string {
-  writeFileSync(path, '');
-  truncateSync(path, bytes);
-  return path;
-}
-
-function readAt(path: string, offset: number, length: number): Buffer {
-  const fd = openSync(path, 'r');
-  try {
-    const buf = Buffer.alloc(length);
-    readSync(fd, buf, 0, length, offset);
-    return buf;
-  } finally {
-    closeSync(fd);
-  }
 }
 
 const sha256 = (path: string) => createHash('sha256').update(readFileSync(path)).digest('hex');
@@ -80,9 +64,7 @@ describe('the Lifeboat guest under our VMM', function () {
     const disk = sparseImage(join(dir.path, 'verify.img'), 16 * MIB);
     const offset = 3 * MIB;
     const length = 128 * 1024;
-    const fd = openSync(disk, 'r+');
-    writeSync(fd, patternBuffer(99n, offset, length), 0, length, offset);
-    closeSync(fd);
+    writeAt(disk, offset, patternBuffer(99n, offset, length));
     const ok = await runVm([...BOOT, '--disk', disk, '--exec', `disk verify 0 ${offset} ${length} 99`]);
     assert.equal(ok.code, 0, `${ok.stderr}\n${ok.stdout}`);
     assert.match(ok.stdout, /^disk verify ok/m);
@@ -93,9 +75,7 @@ describe('the Lifeboat guest under our VMM', function () {
 
   it('with ,ro the guest\'s write fails and the image is unchanged', async () => {
     const disk = sparseImage(join(dir.path, 'ro.img'), 8 * MIB);
-    const fd = openSync(disk, 'r+');
-    writeSync(fd, patternBuffer(7n, 0, 65536), 0, 65536, 0);
-    closeSync(fd);
+    writeAt(disk, 0, patternBuffer(7n, 0, 65536));
     const before = sha256(disk);
     const exit = await runVm([...BOOT, '--disk', `${disk},ro`, '--exec', 'disk write 0 0 65536 8']);
     assert.equal(exit.code, 1);

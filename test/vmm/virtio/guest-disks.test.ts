@@ -3,40 +3,15 @@
 // (test/vmm/guest.test.ts covers the single-disk stories and the ledger surviving SIGKILL.)
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { closeSync, openSync, readFileSync, readSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { virtioGsi, virtioMmioBase } from '../../../vmm/layout.js';
 import { patternBuffer } from '../../helpers/pattern.js';
 import { guestImage, requireKvm, runVm, tempDir } from '../../helpers/vmm.js';
+import { sparseImage, readAt, writeAt } from '../../helpers/image-files.js';
 
 const MiB = 1 << 20;
 const BOOT = ['--boot-timeout', '120'];
-
-function sparseImage(path: string, bytes: number): string {
-  writeFileSync(path, '');
-  truncateSync(path, bytes);
-  return path;
-}
-
-function readAt(path: string, offset: number, length: number): Buffer {
-  const fd = openSync(path, 'r');
-  try {
-    const buf = Buffer.alloc(length);
-    readSync(fd, buf, 0, length, offset);
-    return buf;
-  } finally {
-    closeSync(fd);
-  }
-}
-
-function writeAt(path: string, offset: number, data: Uint8Array): void {
-  const fd = openSync(path, 'r+');
-  try {
-    writeSync(fd, data, 0, data.length, offset);
-  } finally {
-    closeSync(fd);
-  }
-}
 
 const sha256 = (data: Uint8Array) => createHash('sha256').update(data).digest('hex');
 
