@@ -49,6 +49,11 @@ export class SharedWords<L extends WordLayout> {
     return Atomics.and(this.words, this.layout[field]!, bits | 0) >>> 0;
   }
 
+  /** Whether nobody holds the lock at this instant (a sequentially consistent read of the lock word). */
+  isUnlocked(): boolean {
+    return Atomics.load(this.words, LOCK_WORD) === UNLOCKED;
+  }
+
   /** Runs `fn` holding the state's lock (a futex-style mutex; safe across threads, not re-entrant). */
   locked<T>(fn: () => T): T {
     const w = this.words;

@@ -58,6 +58,8 @@ export const CONTROL = wordLayout([
   ...pointFields('pointErrno'),
 ] as const);
 type ControlField = keyof typeof CONTROL & string;
+/** Control word index of each point slot's state (read on every guest write). */
+const POINT_STATE_WORDS: readonly number[] = Array.from({ length: POINT_SLOTS }, (_, p) => CONTROL[`pointState${p}` as ControlField]);
 
 /** What a worker needs to attach to the same state (structured-cloneable). */
 export interface SharedBlockBitmap {
@@ -186,19 +188,39 @@ export class BlockBitmap {
    * Called before a write, discard or write-zeroes reaches the image: counts it in flight. `preserve`
    * runs under the lock, so a freeze cannot slip between it and the count (copy-before-write uses it).
    */
-  beginWrite(preserve?: () => void): void {
+  beginWrite(offset: number, length: number, preserve?: (offset: number, length: number) => void): void {
+    // Fast path, without the lock: count the write in flight first, then look at the lock (both
+    // sequentially consistent). A drain that takes the lock after this look waits for this write; one
+    // that holds it already is seen here, and the write goes the slow way. No point can open while the
+    // write is counted (opening drains), so "no active point" stays true until endWrite.
+    const words = this.control.words;
+    Atomics.add(words, CONTROL.inflight, 1);
+    if (this.control.isUnlocked() && (!preserve || !this.anyPointActive())) return;
+    this.leaveInflight();
     this.control.locked(() => {
       // Counted only once `preserve` succeeded: a throw here fails the request before it is in flight.
-      preserve?.();
-      Atomics.add(this.control.words, CONTROL.inflight, 1);
+      preserve?.(offset, length);
+      Atomics.add(words, CONTROL.inflight, 1);
     });
   }
 
   /** Called once the request completed (or failed: a conservative extra bit is harmless). */
   endWrite(offset: number, length: number): void {
-    const range = this.granuleRange(offset, length);
-    if (range) setRange(this.generationMaps[this.activeSlot]!, range[0], range[1]);
+    if (length > 0 && offset < this.shared.imageSize) {
+      const end = Math.min(offset + length, this.shared.imageSize);
+      setRange(this.generationMaps[Atomics.load(this.control.words, CONTROL.activeSlot)]!, Math.floor(offset / this.granularity), Math.floor((end - 1) / this.granularity));
+    }
+    this.leaveInflight();
+  }
+
+  private leaveInflight(): void {
     if (Atomics.sub(this.control.words, CONTROL.inflight, 1) === 1) Atomics.notify(this.control.words, CONTROL.inflight);
+  }
+
+  private anyPointActive(): boolean {
+    const words = this.control.words;
+    for (const index of POINT_STATE_WORDS) if (Atomics.load(words, index) === POINT_ACTIVE) return true;
+    return false;
   }
 
   // ---- owner side (the main thread) ----

@@ -76,7 +76,7 @@ export class ChangeTrackingObserver implements BlockWriteObserver {
   }
 
   beforeWrite(offset: number, length: number): void {
-    this.bitmap.beginWrite(() => this.preserveForPoints(offset, length));
+    this.bitmap.beginWrite(offset, length, this.preserveForPoints);
   }
 
   afterWrite(offset: number, length: number): void {
@@ -89,7 +89,7 @@ export class ChangeTrackingObserver implements BlockWriteObserver {
   }
 
   /** Runs with the bitmap lock held: no point can open or close meanwhile. */
-  private preserveForPoints(offset: number, length: number): void {
+  private readonly preserveForPoints = (offset: number, length: number): void => {
     const range = this.bitmap.granuleRange(offset, length);
     if (!range) return;
     for (let p = 0; p < POINT_SLOTS; p++) {
@@ -101,7 +101,7 @@ export class ChangeTrackingObserver implements BlockWriteObserver {
         this.bitmap.breakPoint(p, errnoOf(err));
       }
     }
-  }
+  };
 
   private preserve(p: number, first: number, last: number): void {
     const preserved = this.bitmap.preservedMap(p);
