@@ -14,6 +14,11 @@ import { MMIO_HOLE_START, VIRTIO_FIRST_GSI, VIRTIO_LAST_GSI } from './layout.js'
 
 export const SECTOR_SIZE = 512;
 export const MIN_MEMORY_MIB = 16;
+/**
+ * Guest memory is one memfd that every thread sees as one typed-array view, and Node 20's typed arrays
+ * stop short of 4 GiB (2^32 - 1 elements); above the MMIO hole memory also comes in 2 MiB steps.
+ */
+export const MAX_MEMORY_MIB = 4094;
 export const DEFAULT_MEMORY_MIB = 256;
 export const DEFAULT_VCPUS = 1;
 export const MAX_DISKS = VIRTIO_LAST_GSI - VIRTIO_FIRST_GSI + 1;
@@ -114,6 +119,9 @@ function checkMemory(mib: number): number {
   const available = freemem();
   if (bytes > available) {
     throw new VmmError(`--mem ${mib} MiB is more than this host can give: ${Math.floor(available / 2 ** 20)} MiB available of ${Math.floor(totalmem() / 2 ** 20)} MiB; ask for less`, 2);
+  }
+  if (mib > MAX_MEMORY_MIB) {
+    throw new VmmError(`--mem ${mib} MiB is more than this VMM supports: at most ${MAX_MEMORY_MIB} MiB (guest memory is one view, and Node 20's views stop below 4 GiB); ask for less`, 2);
   }
   if (bytes > MMIO_HOLE_START && bytes % (2 * 1024 * 1024) !== 0) {
     throw new VmmError(`--mem above ${MMIO_HOLE_START / 2 ** 20} MiB must be a multiple of 2 MiB`, 2);

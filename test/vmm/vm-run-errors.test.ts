@@ -89,6 +89,10 @@ describe('lifeboat vm run: bad input and failing guests', function () {
     oneLineError(await runVm(['--kernel', okKernel, '--disk', disk, '--mem', String(64 * 1024 * 1024)]), /--mem 67108864 MiB is more than this host can give/);
   });
 
+  it('more memory than this VMM supports (a single guest-memory view stops below 4 GiB)', async () => {
+    oneLineError(await runVm(['--kernel', okKernel, '--disk', disk, '--mem', '5000']), /--mem 5000 MiB is more than this VMM supports: at most 4094 MiB/);
+  });
+
   it('vcpus below 1', async () => {
     oneLineError(await runVm(['--kernel', okKernel, '--disk', disk, '--vcpus', '0']), /--vcpus must be a whole number of at least 1/);
   });
