@@ -184,6 +184,7 @@ async function main(): Promise<void> {
   // The flags the guest's own QEMU harness uses (virtio-mmio version 2, console on stdio), plus -no-user-config.
   const qemu = ['qemu-system-x86_64', ['-no-user-config', ...qemuArgs({ accel: 'kvm', cpus: vcpus, memoryMiB: mem, kernel: elf, append: cmdline, disks: [{ path: diskQemu }] })]] as const;
 
+  const loadAtStart = loadavg()[0]!;
   const samples = { ours: [] as Sample[], qemu: [] as Sample[] };
   for (let i = 0; i < runs; i++) {
     // Interleaved, alternating who goes first, so drift on a shared machine hits both alike.
@@ -213,7 +214,7 @@ async function main(): Promise<void> {
   const lines = [
     `Command: \`node dist/scripts/bench-boot.js --runs ${runs} --vcpus ${vcpus} --mem ${mem} --disk-mib ${values['disk-mib']}${diskBench ? '' : ' --no-disk-bench'}${values['keep-node-extra-ca-certs'] ? ' --keep-node-extra-ca-certs' : ''}\``,
     `(${runs} interleaved runs each, alternating who goes first; medians; ratio = ours / QEMU; ${new Date().toISOString().slice(0, 10)}; ` +
-      `${vcpus} vCPU guest, ${mem} MiB; CLI ${BUNDLED ? 'bundled (npm run build)' : 'NOT bundled (tsc only)'}; host: ${cpus().length} cores, load average ${loadavg()[0]!.toFixed(1)} at the end` +
+      `${vcpus} vCPU guest, ${mem} MiB; CLI ${BUNDLED ? 'bundled (npm run build)' : 'NOT bundled (tsc only)'}; host: ${cpus().length} cores, load average ${loadAtStart.toFixed(1)} at the start, ${loadavg()[0]!.toFixed(1)} at the end` +
       `${droppedCaCerts ? '; NODE_EXTRA_CA_CERTS, set in this environment, removed from our VMM\'s' : ''})`,
     '',
     '| measure | Lifeboat VMM | QEMU microvm | ratio | bar |',

@@ -12,8 +12,16 @@
 // root are found relative to it), and the modules whose identity other code shares (the command error
 // classes, the prewarmed vCPU worker pool) stay outside it.
 //
+// koffi: inside a bundle, `import koffi from 'koffi'` loads koffi's native module with one
+// `process.dlopen` of the file koffi itself loads on this machine (found at bundle time, addressed
+// relative to the bundle). koffi's package entry gets there through an ES module, the CommonJS loader
+// for its platform package and a read of node's ELF header to tell glibc from musl: 9-14 ms in every
+// thread that loads it (the main thread and each worker), against ~1 ms. If the file is gone or is
+// another koffi version, the bundle falls back to the package (`import('koffi')`).
+//
 //   node dist/scripts/bundle.js [--dist DIR]    (default: the build this script belongs to)
 import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { dirname, join, relative, resolve, sep } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -60,10 +68,52 @@ function specifier(fromDir: string, to: string): string {
   return r.startsWith('.') ? r : `./${r}`;
 }
 
-function plugin(root: string, outDir: string, target: Target): Plugin {
+/** The native module koffi loads on this machine, and its version (undefined: leave koffi to its package). */
+export interface KoffiNative {
+  file: string;
+  version: string;
+}
+
+export function findKoffiNative(): KoffiNative | undefined {
+  try {
+    const require = createRequire(import.meta.url);
+    // koffi's own loader picks the platform package's glibc or musl build; whichever it loaded is cached.
+    const platformPackage = `@koromix/koffi-${process.platform}-${process.arch}`;
+    const { version } = require(platformPackage) as { version?: unknown };
+    const file = Object.keys(require.cache).find((k) => k.endsWith('.node') && k.includes(`${sep}${platformPackage.replace('/', sep)}${sep}`));
+    return file && typeof version === 'string' ? { file, version } : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+const KOFFI_NAMESPACE = 'lifeboat-koffi';
+
+/** The module that stands for 'koffi' inside a bundle written to `outDir` (see the header). */
+export function koffiShim(outDir: string, native: KoffiNative): string {
+  return [
+    "import { fileURLToPath } from 'node:url';",
+    'let koffi;',
+    'try {',
+    '  const m = { exports: {} };',
+    `  process.dlopen(m, fileURLToPath(new URL(${JSON.stringify(specifier(outDir, native.file))}, import.meta.url)));`,
+    `  if (m.exports.version !== ${JSON.stringify(native.version)}) throw new Error('another koffi version');`,
+    '  koffi = m.exports;',
+    '} catch {',
+    "  koffi = (await import('koffi')).default;",
+    '}',
+    'export default koffi;',
+  ].join('\n');
+}
+
+function plugin(root: string, outDir: string, target: Target, koffi: KoffiNative | undefined): Plugin {
   return {
     name: 'lifeboat-in-place',
     setup(build) {
+      if (koffi) {
+        build.onResolve({ filter: /^koffi$/ }, (a) => (a.namespace === KOFFI_NAMESPACE ? { path: 'koffi', external: true } : { path: 'koffi', namespace: KOFFI_NAMESPACE }));
+        build.onLoad({ filter: /.*/, namespace: KOFFI_NAMESPACE }, () => ({ contents: koffiShim(outDir, koffi), loader: 'js', resolveDir: outDir }));
+      }
       build.onResolve({ filter: /^\.\.?\// }, (a) => {
         const path = resolve(a.resolveDir, a.path);
         if (!target.keepOut?.(path)) return undefined;
@@ -92,7 +142,7 @@ async function loadEsbuild(): Promise<Esbuild> {
   }
 }
 
-async function bundle(esbuild: Esbuild, root: string, target: Target): Promise<string> {
+async function bundle(esbuild: Esbuild, root: string, target: Target, koffi: KoffiNative | undefined): Promise<string> {
   const entry = join(root, target.entry);
   if (!existsSync(entry)) throw new Error(`${entry} does not exist: run tsc first`);
   if (isBundled(entry)) return `${target.entry}: already bundled (run tsc, then this script, to rebuild it)`;
@@ -112,7 +162,7 @@ async function bundle(esbuild: Esbuild, root: string, target: Target): Promise<s
     outdir: outDir,
     entryNames: '[name]',
     ...(target.chunks ? { splitting: true, chunkNames: target.chunks } : {}),
-    plugins: [plugin(root, outDir, target)],
+    plugins: [plugin(root, outDir, target, koffi)],
   });
   if (target.chunks) {
     const stale = new RegExp(`^${target.chunks.replace('[hash]', '[A-Z0-9]+')}\\.js(\\.map)?$`);
@@ -131,7 +181,9 @@ async function main(): Promise<void> {
   const { values } = parseArgs({ options: { dist: { type: 'string' } } });
   const root = resolve(values.dist ?? join(dirname(fileURLToPath(import.meta.url)), '..'));
   const esbuild = await loadEsbuild();
-  for (const t of targets(root)) process.stdout.write(`bundle: ${await bundle(esbuild, root, t)}\n`);
+  const koffi = findKoffiNative();
+  if (!koffi) process.stdout.write("bundle: koffi's native module not found: bundles load koffi through its package\n");
+  for (const t of targets(root)) process.stdout.write(`bundle: ${await bundle(esbuild, root, t, koffi)}\n`);
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {

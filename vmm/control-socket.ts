@@ -30,7 +30,7 @@ const MAX_LINE = 64 * 1024;
 export class ControlSocket {
   private readonly clients = new Set<Socket>();
 
-  private constructor(readonly path: string, private readonly server: Server) {
+  private constructor(readonly path: string, private readonly server: Server, private readonly current: { handlers: ControlHandlers }) {
     server.on('connection', (socket) => {
       this.clients.add(socket);
       socket.once('close', () => this.clients.delete(socket));
@@ -40,12 +40,18 @@ export class ControlSocket {
   /** Listens on `path`, replacing a stale socket file; refuses if another VMM still listens there. */
   static async listen(path: string, handlers: ControlHandlers): Promise<ControlSocket> {
     await removeStaleSocket(path);
-    const server = createServer((socket) => serve(socket, handlers));
+    const current = { handlers };
+    const server = createServer((socket) => serve(socket, current));
     await new Promise<void>((resolve, reject) => {
       server.once('error', (err) => reject(new VmmError(`cannot listen on control socket ${path}: ${err.message}`)));
       server.listen(path, () => resolve());
     });
-    return new ControlSocket(path, server);
+    return new ControlSocket(path, server, current);
+  }
+
+  /** Hands every later request, on every connection, to `handlers` (a standby VMM once its VM exists). */
+  setHandlers(handlers: ControlHandlers): void {
+    this.current.handlers = handlers;
   }
 
   async close(): Promise<void> {
@@ -74,7 +80,7 @@ async function removeStaleSocket(path: string): Promise<void> {
   unlinkSync(path);
 }
 
-function serve(socket: Socket, handlers: ControlHandlers): void {
+function serve(socket: Socket, current: { handlers: ControlHandlers }): void {
   let buffered = '';
   let chain = Promise.resolve();
   socket.setEncoding('utf8');
@@ -90,7 +96,7 @@ function serve(socket: Socket, handlers: ControlHandlers): void {
       buffered = buffered.slice(nl + 1);
       if (!line) continue;
       chain = chain.then(async () => {
-        const response = await handle(line, handlers);
+        const response = await handle(line, current.handlers);
         if (!socket.destroyed) socket.write(JSON.stringify(response) + '\n');
       });
     }

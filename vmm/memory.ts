@@ -33,11 +33,15 @@ export function layoutRegions(size: number): MemoryRegion[] {
 }
 
 export class GuestMemory {
-  private readonly bytesView: Uint8Array;
+  /**
+   * All of guest RAM as one view, made on first use. V8 counts such a view as external memory and
+   * answers a large one (256 MiB) with a full garbage collection at once (2-8 ms): so `write` and `read`
+   * (the boot recipe's few copies) use views of just the range they copy until something needs this.
+   */
+  private wholeView: Uint8Array | undefined;
   private readonly dirty: Int32Array;
 
   private constructor(readonly shared: SharedGuestMemory, private readonly owner: boolean, private readonly release?: () => void) {
-    this.bytesView = libc.view(shared.hostAddress, shared.size);
     this.dirty = new Int32Array(shared.vmmDirty);
   }
 
@@ -91,17 +95,24 @@ export class GuestMemory {
   /** A zero-copy window on guest RAM. Writing through it does NOT mark pages dirty: use `write` or `markDirty`. */
   slice(gpa: number, length: number): Uint8Array {
     const off = this.fileOffset(gpa, length);
-    return this.bytesView.subarray(off, off + length);
+    this.wholeView ??= libc.view(this.shared.hostAddress, this.shared.size);
+    return this.wholeView.subarray(off, off + length);
   }
 
   /** Copies `data` into guest RAM at `gpa` and records the pages as written by the VMM. */
   write(gpa: number, data: Uint8Array): void {
-    this.slice(gpa, data.length).set(data);
+    this.window(gpa, data.length).set(data);
     this.markDirty(gpa, data.length);
   }
 
   read(gpa: number, length: number): Uint8Array {
-    return Uint8Array.from(this.slice(gpa, length));
+    return Uint8Array.from(this.window(gpa, length));
+  }
+
+  /** [gpa, gpa+length) for one copy: a window on the whole view if it exists, else a view of just that range. */
+  private window(gpa: number, length: number): Uint8Array {
+    if (this.wholeView || length === 0) return this.slice(gpa, length);
+    return libc.view(this.shared.hostAddress + BigInt(this.fileOffset(gpa, length)), length);
   }
 
   /** Records that the VMM wrote [gpa, gpa+length): KVM's dirty log cannot see these writes. */

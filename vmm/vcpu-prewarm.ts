@@ -66,6 +66,11 @@ export function prewarmVcpuWorkers(count: number): void {
   }
 }
 
+/** Settles once every worker waiting in the pool has loaded its code (a standby VMM is then warm). */
+export async function prewarmedLoaded(): Promise<void> {
+  await Promise.all(pool.map(workerLoaded));
+}
+
 /** The value of option `--name` in `args` (`--name V` or `--name=V`), first occurrence. */
 function optionValue(args: readonly string[], name: string): string | undefined {
   const at = args.findIndex((a) => a === name || a.startsWith(`${name}=`));

@@ -8,14 +8,21 @@
 #define UART_DLL 0
 #define UART_DLM 1
 #define UART_FCR 2
+#define UART_IIR 2
 #define UART_LCR 3
 #define UART_MCR 4
 #define UART_LSR 5
 #define LSR_DATA_READY 0x01
 #define LSR_THR_EMPTY 0x20
+#define IIR_FIFOS_ENABLED 0xC0
+#define UART_TX_FIFO_SIZE 16 /* 16550A */
 #define CTRL_C 0x03
 
 static u16 port = COM1_DEFAULT_PORT;
+/* Bytes the UART takes per "THR empty": 16 with the 16550A's FIFO on (its transmit FIFO is empty when
+ * LSR says THRE), else 1. Each LSR poll is a VM exit, so output polls once per 16 bytes, not per byte. */
+static u32 tx_burst = 1;
+static u32 tx_room; /* bytes that may still be written before the next LSR poll */
 static spinlock_t lock;
 static volatile u8 rx_ring[1024];
 static volatile u32 rx_head, rx_tail; /* head written by the IRQ handler, tail by readers */
@@ -30,15 +37,22 @@ void console_init(u16 p) {
   outb(port + UART_LCR, 0x03); /* 8N1 */
   outb(port + UART_FCR, 0x07); /* enable and clear FIFOs */
   outb(port + UART_MCR, 0x0B); /* DTR, RTS, OUT2 (routes the UART interrupt) */
+  /* A 16550A reports its FIFOs on in IIR bits 7:6; an 8250/16450 has none. */
+  tx_burst = (inb(port + UART_IIR) & IIR_FIFOS_ENABLED) == IIR_FIFOS_ENABLED ? UART_TX_FIFO_SIZE : 1;
+  tx_room = 0;
 }
 
 u16 console_port(void) { return port; }
 
 /* Ring 0 only (ring 3 prints through SYS_CONSOLE_WRITE, one system call per string). */
 static void put_raw(char c) {
-  /* Bounded wait: a UART that never reports THR empty must not hang the guest. */
-  for (int i = 0; i < 100000 && !(raw_inb(port + UART_LSR) & LSR_THR_EMPTY); i++) cpu_relax();
+  if (tx_room == 0) {
+    /* Bounded wait: a UART that never reports THR empty must not hang the guest. */
+    for (int i = 0; i < 100000 && !(raw_inb(port + UART_LSR) & LSR_THR_EMPTY); i++) cpu_relax();
+    tx_room = tx_burst;
+  }
   raw_outb(port + UART_THR, (u8)c);
+  tx_room--;
 }
 
 void console_write_unlocked(const char *s) {

@@ -47,7 +47,13 @@ export class SnapshotService {
 
   constructor(
     private readonly machine: SnapshotMachine,
-    private readonly options: { disks?: DiskTracking; quiesceAll?: <T>(fn: () => T) => Promise<T>; restoredFrom?: string } = {},
+    private readonly options: {
+      disks?: DiskTracking;
+      quiesceAll?: <T>(fn: () => T) => Promise<T>;
+      restoredFrom?: string;
+      /** A restored VM: its snapshot's verification. No snapshot is taken of memory that has not passed it. */
+      verified?: Promise<void>;
+    } = {},
   ) {
     this.dirty = new DirtyMemoryTracker(machine.dirtyLogMode ? machine.vm : null, machine.memory, machine.dirtyLogMode);
     // A restored VM's memory equals the snapshot it came from: a diff can apply over it right away.
@@ -72,6 +78,10 @@ export class SnapshotService {
       points = [];
     };
     try {
+      // A snapshot of a restored VM whose own snapshot turned out damaged would give the damage new, valid checksums.
+      await this.options.verified?.catch((err: Error) => {
+        throw new SnapshotError(`snapshot not written: this VM was restored from a snapshot that failed verification (${err.message})`);
+      });
       const result = await createSnapshot({
         memory: { view: libc.view(m.memory.shared.hostAddress, m.memory.size), memfd: isMemfdBacked(m.memory) ? m.memory.shared.fd : undefined },
         dirty: this.dirty,

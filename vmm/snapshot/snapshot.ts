@@ -17,8 +17,8 @@ import { basename, dirname, join, resolve } from 'node:path';
 import type { DirtyMemoryTracker } from '../tracking/dirty-memory.js';
 import { fsyncPath, writeFileDurably } from '../tracking/durable-write.js';
 import { decodeStateFile, encodeStateFile, MEMORY_FILE, RecordSet, SnapshotFormatError, STATE_FILE, type SnapshotKind } from './format.js';
-import { mapMemoryChain, MemoryFileWriter, openMemoryFile, type MappedMemory, type MemoryFile, type MemorySource } from './memory-file.js';
-import { recordsToState, SNAPSHOT_FORMAT_NAME, stateToRecords, type SnapshotMeta, type VmSnapshotState } from './state-records.js';
+import { ChainVerifier, mapMemoryChain, MemoryFileWriter, openMemoryFile, type MappedMemory, type MemoryFile, type MemorySource } from './memory-file.js';
+import { recordsToMeta, recordsToState, SNAPSHOT_FORMAT_NAME, stateToRecords, type SnapshotMeta, type VmSnapshotState } from './state-records.js';
 
 /** Copy rounds while the VM runs, before the final paused one. */
 export const PRECOPY_ROUNDS = 3;
@@ -171,26 +171,31 @@ export async function createSnapshot(source: SnapshotSource, req: SnapshotReques
   }
 }
 
-/** One snapshot directory, checked (state fully, memory header and index) but memory not read. */
+/** One snapshot directory, checked (every state record's CRC, memory header and index) but memory not read. */
 export interface OpenedSnapshot {
   dir: string;
-  state: VmSnapshotState;
+  meta: SnapshotMeta;
+  /** The VM state, decoded (only when asked for: a chain resumes its newest snapshot's). */
+  state?: VmSnapshotState;
   memory: MemoryFile;
 }
 
-export function openSnapshot(dir: string): OpenedSnapshot {
+export function openSnapshot(dir: string, decodeState = true): OpenedSnapshot {
   const statePath = join(dir, STATE_FILE);
   if (!existsSync(statePath)) throw new SnapshotFormatError(`${dir} is not a snapshot (no ${STATE_FILE}); a snapshot that failed midway leaves nothing behind`);
   const { header, records } = decodeStateFile(readFileSync(statePath), statePath);
-  const state = recordsToState(new RecordSet(records, statePath));
-  if (state.meta.snapshotId !== header.snapshotId || state.meta.kind !== header.kind || state.meta.parentId !== header.parentId) {
+  const set = new RecordSet(records, statePath);
+  const state = decodeState ? recordsToState(set) : undefined;
+  const meta = state?.meta ?? recordsToMeta(set);
+  if (meta.snapshotId !== header.snapshotId || meta.kind !== header.kind || meta.parentId !== header.parentId) {
     throw new SnapshotFormatError(`${statePath}: record 'meta' disagrees with the header`);
   }
   const memory = openMemoryFile(join(dir, MEMORY_FILE));
   if (memory.header.snapshotId !== header.snapshotId) {
+    closeFd(memory.fd);
     throw new SnapshotFormatError(`${join(dir, MEMORY_FILE)} belongs to snapshot ${memory.header.snapshotId}, not ${header.snapshotId}`);
   }
-  return { dir, state, memory };
+  return { dir, meta, state, memory };
 }
 
 export interface RestoredChain {
@@ -199,40 +204,77 @@ export interface RestoredChain {
   memory: MappedMemory;
   /** The id a diff taken after resuming applies over. */
   lastSnapshotId: string;
+  /**
+   * Resolves once every page run of every memory file of the chain passed its CRC; rejects with a
+   * SnapshotFormatError naming the file and pages of one that did not. Started by `verify()` or
+   * `running()`; until it resolves, the restored VM must not serve a disk request.
+   */
+  readonly verified: Promise<void>;
+  /** Starts the verification (once) and returns `verified`. */
+  verify(): Promise<void>;
+  /** The VMM calls this once the restored vCPUs run: starts the verification, then calls `onRunning`. */
+  running(): void;
   close(): void;
+}
+
+export interface OpenChainOptions {
+  /** Called by `running()`: the restored VM's vCPUs run (the warm-standby restore answers then). */
+  onRunning?: () => void;
 }
 
 /**
  * Opens `dirs` (a full snapshot, then diffs each over the one before) and maps guest memory as of the
- * last: the full memory file privately (loaded on touch), the diffs' pages copied in.
+ * last: the full memory file privately, each diff's pages mapped over it, everything loaded on touch.
+ * The state files are checked completely here, the memory files' headers and indexes too; their pages
+ * are checked by `verify()`, in the background, while the VM already runs.
  */
-export function openSnapshotChain(dirs: readonly string[]): RestoredChain {
+export function openSnapshotChain(dirs: readonly string[], options: OpenChainOptions = {}): RestoredChain {
   if (dirs.length === 0) throw new SnapshotFormatError('no snapshot given');
   const opened: OpenedSnapshot[] = [];
   try {
-    for (const d of dirs) opened.push(openSnapshot(d));
+    // Every state file is checked; only the newest one's VM state is decoded (it is what resumes).
+    dirs.forEach((d, i) => opened.push(openSnapshot(d, i === dirs.length - 1)));
     const [full, ...diffs] = opened;
-    if (full!.state.meta.kind !== 'full') throw new SnapshotFormatError(`${full!.dir} is a diff snapshot: the chain must start with a full one (its base is ${full!.state.meta.parentId})`);
+    if (full!.meta.kind !== 'full') throw new SnapshotFormatError(`${full!.dir} is a diff snapshot: the chain must start with a full one (its base is ${full!.meta.parentId})`);
     for (let i = 0; i < diffs.length; i++) {
       const d = diffs[i]!;
       const prev = opened[i]!;
-      if (d.state.meta.kind !== 'diff') throw new SnapshotFormatError(`${d.dir} is a full snapshot: only the first of a chain may be`);
-      if (d.state.meta.parentId !== prev.state.meta.snapshotId) {
-        throw new SnapshotFormatError(`${d.dir} applies over snapshot ${d.state.meta.parentId}, not over ${prev.dir} (${prev.state.meta.snapshotId}): give the chain in order`);
+      if (d.meta.kind !== 'diff') throw new SnapshotFormatError(`${d.dir} is a full snapshot: only the first of a chain may be`);
+      if (d.meta.parentId !== prev.meta.snapshotId) {
+        throw new SnapshotFormatError(`${d.dir} applies over snapshot ${d.meta.parentId}, not over ${prev.dir} (${prev.meta.snapshotId}): give the chain in order`);
       }
     }
     const memory = mapMemoryChain(full!.memory, diffs.map((d) => d.memory));
     const last = opened[opened.length - 1]!;
-    const closeAll = () => {
+    const state = last.state!;
+    const verifier = new ChainVerifier(opened.map((o) => o.memory));
+    // The diffs' files stay open for the verifier (their mappings hold their own references).
+    let diffFdsOpen = true;
+    const closeDiffFds = () => {
+      if (!diffFdsOpen) return;
+      diffFdsOpen = false;
       for (const o of opened) if (o.memory.fd !== memory.fd) closeFd(o.memory.fd);
     };
-    closeAll();
+    let start!: () => void;
+    const started = new Promise<void>((resolve) => (start = resolve));
+    const verified = started.then(() => verifier.run()).finally(closeDiffFds);
+    verified.catch(() => {}); // whoever restores decides what a failure means; an unobserved one is not a crash
     let closed = false;
+    const verify = () => {
+      start();
+      return verified;
+    };
     return {
-      state: last.state, memory, lastSnapshotId: last.state.meta.snapshotId,
+      state, memory, lastSnapshotId: state.meta.snapshotId, verified, verify,
+      running: () => {
+        void verify();
+        options.onRunning?.();
+      },
       close: () => {
         if (closed) return;
         closed = true;
+        verifier.cancel();
+        start();
         memory.unmap();
         closeFd(memory.fd);
       },

@@ -90,7 +90,8 @@ function copy(b: Uint8Array): Uint8Array {
   return Uint8Array.from(b);
 }
 
-export function recordsToState(set: RecordSet): VmSnapshotState {
+/** The 'meta' record alone (what a chain's older snapshots are checked by). */
+export function recordsToMeta(set: RecordSet): SnapshotMeta {
   let meta: SnapshotMeta;
   try {
     meta = JSON.parse(Buffer.from(set.get('meta')).toString('utf8')) as SnapshotMeta;
@@ -98,6 +99,11 @@ export function recordsToState(set: RecordSet): VmSnapshotState {
     throw new SnapshotFormatError(`${set.path}: record 'meta' is not valid JSON: ${(err as Error).message}`);
   }
   if (meta.format !== SNAPSHOT_FORMAT_NAME) throw new SnapshotFormatError(`${set.path}: record 'meta' is not a ${SNAPSHOT_FORMAT_NAME}`);
+  return meta;
+}
+
+export function recordsToState(set: RecordSet): VmSnapshotState {
+  const meta = recordsToMeta(set);
   const irqchips = set.names('vm/irqchip/').sort().map((n) => copy(set.get(n, KVM_IRQCHIP_SIZE)));
   const vm: VmState = { clock: copy(set.get('vm/clock', KVM_CLOCK_DATA_SIZE)), pit2: copy(set.get('vm/pit2', KVM_PIT_STATE2_SIZE)), irqchips };
   const vcpus: VcpuState[] = [];

@@ -7,16 +7,24 @@ import { closeSync, ftruncateSync, openSync, rmSync } from 'node:fs';
 import { BlockBitmap, DEFAULT_GRANULARITY, MIN_CHANGED_ONLY_GRANULARITY, POINT_BROKEN, checkGranularity, type GenerationInfo } from './block-bitmap.js';
 import { coarsen, orBytesInto, popcount, setRange, setRuns, toBytes, wordsFor } from './bits.js';
 import {
-  CBT_STATE_CLEAN, CBT_STATE_IN_USE, CbtFormatError, cbtPath, identityMismatch, imageIdentity, readCbt, writeCbt, type CbtRecord,
+  CBT_STATE_CLEAN, CBT_STATE_IN_USE, CbtFormatError, cbtPath, encodeCbt, identityMismatch, imageIdentity, readCbt, writeCbt, type CbtRecord,
 } from './cbt-file.js';
 import {
   changedRangesOf, pointSidePath, PointReader, removeStaleSideFiles, type ByteRange, type ChangeTrackingObserverConfig,
 } from './copy-before-write.js';
 import { fsyncPath } from './durable-write.js';
+import { ensureInUseMarked, prepareInUseMark, retireInUseMark, type InUseMark } from './in-use-mark.js';
 
 export interface TrackerOptions {
   /** Bytes per bit: a power of two from 4 KiB to 1 MiB (default 64 KiB). */
   granularity?: number;
+  /**
+   * When the tracking file is durably marked in use (in-use-mark.ts): 'at-open' (default), or
+   * 'by-writer': by the first write observer built on this tracker, in the writing thread, before it can
+   * write (the VMM: its virtio I/O worker, off the main thread's path to the guest's first instruction).
+   * Either way no byte of the image changes before the mark is on disk.
+   */
+  markInUse?: 'at-open' | 'by-writer';
 }
 
 /** What a consumer gets when it freezes a generation (or opens a point). */
@@ -64,6 +72,7 @@ export class BlockChangeTracker {
     readonly reason: string,
     /** Stays the same across clean restarts; a new one starts whenever history is lost. */
     readonly trackingId: string,
+    private readonly inUse: InUseMark,
   ) {}
 
   /**
@@ -94,11 +103,12 @@ export class BlockChangeTracker {
     if (trusted && saved) loadSavedBitmap(bitmap, saved);
     const trackingId = trusted && saved ? saved.trackingId : randomUUID();
     removeStaleSideFiles(imagePath);
-    writeCbt(path, {
+    const inUse = prepareInUseMark(path, encodeCbt({
       state: CBT_STATE_IN_USE, granularity, trusted: false, identity, trackingId,
       nextGeneration: firstGeneration, baseGeneration: base, granules: bitmap.granules, bitmap: new Uint8Array(0),
-    });
-    return new BlockChangeTracker(imagePath, bitmap, trusted, reason, trackingId);
+    }));
+    if (options.markInUse !== 'by-writer') ensureInUseMarked(inUse);
+    return new BlockChangeTracker(imagePath, bitmap, trusted, reason, trackingId, inUse);
   }
 
   get granularity(): number {
@@ -111,7 +121,7 @@ export class BlockChangeTracker {
 
   /** For the virtio I/O worker: build a ChangeTrackingObserver from this. */
   observerConfig(): ChangeTrackingObserverConfig {
-    return { bitmap: this.bitmap.shared, imagePath: this.imagePath };
+    return { bitmap: this.bitmap.shared, imagePath: this.imagePath, inUse: this.inUse };
   }
 
   /** How frozen generation `generation` is described to its consumer. */
@@ -125,7 +135,7 @@ export class BlockChangeTracker {
 
   /** Freezes the active generation (a new empty one starts, atomically with respect to in-flight writes). */
   freeze(): FrozenGeneration {
-    this.checkOpen();
+    this.checkHandOut();
     return this.describe(this.bitmap.freeze());
   }
 
@@ -208,7 +218,7 @@ export class BlockChangeTracker {
    * copy-before-write into a new side file, all while new writes are held out. Returns at once.
    */
   createPoint(): PointInfo {
-    this.checkOpen();
+    this.checkHandOut();
     const generation = this.bitmap.activeGeneration;
     const sidePath = pointSidePath(this.imagePath, generation);
     const fd = openSync(sidePath, 'w+', 0o600);
@@ -288,6 +298,7 @@ export class BlockChangeTracker {
     for (const g of [...this.points.keys()]) this.closePoint(g);
     for (const g of this.bitmap.frozenGenerations()) this.mergeBack(g);
     fsyncPath(this.imagePath);
+    retireInUseMark(this.inUse);
     const active = this.bitmap.activeSlot;
     writeCbt(cbtPath(this.imagePath), {
       state: CBT_STATE_CLEAN, granularity: this.granularity, trusted: this.bitmap.slotTrusted(active), identity: imageIdentity(this.imagePath),
@@ -295,6 +306,16 @@ export class BlockChangeTracker {
       granules: this.bitmap.granules, bitmap: toBytes(this.bitmap.generationMap(active), this.bitmap.granules),
     });
     this.closed = true;
+  }
+
+  /**
+   * Before a generation is handed to a consumer: the tracker is open and the file is marked in use (a
+   * crash from here on must start a new history, or the saved file would hand out the same generation
+   * numbers again). Normally the I/O worker has marked it long before; if not, it is written now.
+   */
+  private checkHandOut(): void {
+    this.checkOpen();
+    ensureInUseMarked(this.inUse);
   }
 
   private checkOpen(): void {

@@ -16,12 +16,15 @@ import { basename, dirname, join } from 'node:path';
 import { BlockBitmap, POINT_ACTIVE, POINT_BROKEN, POINT_SLOTS, type SharedBlockBitmap } from './block-bitmap.js';
 import { setBit, setRuns, testBit } from './bits.js';
 import { writeFully } from './durable-write.js';
+import { ensureInUseMarked, type InUseMark } from './in-use-mark.js';
 import type { BlockWriteObserver, ObservedDisk, ObserverDescriptor } from '../devices/virtio/observer.js';
 
 /** What the I/O worker needs to build the observer for a disk (structured-cloneable). */
 export interface ChangeTrackingObserverConfig {
   bitmap: SharedBlockBitmap;
   imagePath: string;
+  /** The tracking file's in-use mark: an observer makes sure it is on disk before it lets any write through. */
+  inUse: InUseMark;
 }
 
 /** The virtio I/O worker's factory hook (vmm/devices/virtio/observer.ts): builds the observer there. */
@@ -71,6 +74,8 @@ export class ChangeTrackingObserver implements BlockWriteObserver {
 
   /** `imageFd`: the writer's own fd of the image (the virtio worker's); else the image is opened read-only. */
   constructor(readonly config: ChangeTrackingObserverConfig, private imageFd = -1) {
+    // Built before the writer's first write (the virtio I/O worker builds it before serving requests).
+    ensureInUseMarked(config.inUse);
     this.bitmap = BlockBitmap.attach(config.bitmap);
     this.ownsImageFd = imageFd < 0;
   }

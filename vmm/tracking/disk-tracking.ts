@@ -41,10 +41,16 @@ export class DiskTracking {
 
   private constructor(private readonly trackers: ReadonlyArray<BlockChangeTracker | undefined>, private readonly paths: readonly string[]) {}
 
-  /** Opens tracking for each writable disk (read-only disks cannot change and are not tracked). */
+  /**
+   * Opens tracking for each writable disk (read-only disks cannot change and are not tracked). Each
+   * tracking file is marked in use by the disk's write observer (`observer(i)`), in the virtio I/O worker
+   * before it serves its first request: the VM never waits for those fsyncs. A VMM that ends before its
+   * I/O worker started never wrote the images, so their saved tracking stays valid.
+   */
   static open(disks: readonly TrackedDiskSpec[], options: { granularity?: number } = {}): DiskTracking {
-    // If one fails, those opened stay marked in use: nothing was written, and untrusted is the safe side.
-    const opened = disks.map((d) => (d.readOnly ? undefined : BlockChangeTracker.open(d.path, { granularity: options.granularity ?? DEFAULT_GRANULARITY })));
+    // If one fails, the others keep their saved state: nothing was written to any image.
+    const granularity = options.granularity ?? DEFAULT_GRANULARITY;
+    const opened = disks.map((d) => (d.readOnly ? undefined : BlockChangeTracker.open(d.path, { granularity, markInUse: 'by-writer' })));
     return new DiskTracking(opened, disks.map((d) => d.path));
   }
 

@@ -29,6 +29,7 @@ export const commands: CommandEntry[] = [
   { path: ['vm', 'restore'], load: async () => (await import('./restore-vm.js')).vmRestore },
   { path: ['vm', 'resume'], load: async () => (await import('./vm-control.js')).vmResume },
   { path: ['vm', 'run'], load: async () => (await import('./vm-run.js')).vmRun },
+  { path: ['vm', 'standby'], load: async () => (await import('./vm-standby.js')).vmStandby },
   { path: ['vm', 'status'], load: async () => (await import('./vm-control.js')).vmStatus },
   { path: ['vm', 'stop'], load: async () => (await import('./vm-control.js')).vmStop },
 ];

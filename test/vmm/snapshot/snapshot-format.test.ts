@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { PAGE_SIZE } from '../../../vmm/layout.js';
 import * as libc from '../../../vmm/sys/libc.js';
 import { DATA_OFFSET, MEMORY_FILE, STATE_FILE } from '../../../vmm/snapshot/format.js';
-import { openMemoryFile, verifyMemoryFile } from '../../../vmm/snapshot/memory-file.js';
+import { MAX_MAPPED_RANGES, openMemoryFile, verifyMemoryFile } from '../../../vmm/snapshot/memory-file.js';
 import { createSnapshot, openSnapshotChain, type SnapshotSource } from '../../../vmm/snapshot/snapshot.js';
 import { DirtyMemoryTracker } from '../../../vmm/tracking/dirty-memory.js';
 import { removeDir, seededBytes, tempDir } from '../tracking/fixtures.js';
@@ -136,7 +136,14 @@ describe('VM snapshot format (real KVM state, real memfd, real files)', () => {
     const mem = readFileSync(memPath);
     mem[DATA_OFFSET + 0x21 * PAGE_SIZE] ^= 0x80;
     writeFileSync(memPath, mem);
-    assert.throws(() => openSnapshotChain([base.dir, d.dir]), /pages 32\.\.35 fail their checksum/);
+    // The chain opens (the VM can run at once); the damage is found by the verification that runs
+    // meanwhile, and it names the file and the pages.
+    const damaged = openSnapshotChain([base.dir, d.dir]);
+    try {
+      await assert.rejects(damaged.verify(), new RegExp(`${d.dir}/memory\\.lbm: pages 32\\.\\.35 fail their checksum: the snapshot is damaged`));
+    } finally {
+      damaged.close();
+    }
 
     const baseMem = join(base.dir, MEMORY_FILE);
     const bm = readFileSync(baseMem);
@@ -147,10 +154,77 @@ describe('VM snapshot format (real KVM state, real memfd, real files)', () => {
     libc.close(m.fd);
   });
 
+  it('a good chain passes its verification, and the diff pages are mapped from the diff file, not copied', async () => {
+    const base = await createSnapshot(sourceFor(vm, dirty), { kind: 'full', out: join(dir, 's0') });
+    vm.writePages(0x20, 16);
+    vm.writePages(0x40, 3);
+    const d = await createSnapshot(sourceFor(vm, dirty), { kind: 'diff', out: join(dir, 'd'), parentId: base.snapshotId });
+    const chain = openSnapshotChain([base.dir, d.dir]);
+    try {
+      assert.equal(chain.memory.mappedRanges, 2, 'one mapping per range of adjacent diff pages');
+      assert.equal(chain.memory.copiedRanges, 0);
+      await chain.verify();
+      assert.ok(Buffer.from(libc.view(chain.memory.hostAddress, chain.memory.size)).equals(liveMemory(vm)));
+    } finally {
+      chain.close();
+    }
+  });
+
+  it('a diff and a diff over it writing the same pages: the newest wins, mapped over the older mapping', async () => {
+    const base = await createSnapshot(sourceFor(vm, dirty), { kind: 'full', out: join(dir, 's0') });
+    vm.memory.write(0x30 * PAGE_SIZE, seededBytes(1, 6 * PAGE_SIZE));
+    const d1 = await createSnapshot(sourceFor(vm, dirty), { kind: 'diff', out: join(dir, 'd1'), parentId: base.snapshotId });
+    vm.memory.write(0x32 * PAGE_SIZE + 100, seededBytes(2, PAGE_SIZE)); // pages 0x32 and 0x33, inside d1's range
+    const d2 = await createSnapshot(sourceFor(vm, dirty), { kind: 'diff', out: join(dir, 'd2'), parentId: d1.snapshotId });
+    assert.ok(restoredMemory([base.dir, d1.dir, d2.dir]).bytes.equals(liveMemory(vm)));
+  });
+
   it('a diff needs a base, and an existing directory is never overwritten', async () => {
     await assert.rejects(createSnapshot(sourceFor(vm, dirty), { kind: 'diff', out: join(dir, 'd') }), /needs a base: take a full snapshot/);
     mkdirSync(join(dir, 'exists'));
     await assert.rejects(createSnapshot(sourceFor(vm, dirty), { kind: 'full', out: join(dir, 'exists') }), /already exists/);
+  });
+});
+
+describe('a diff with more short page ranges than a restore maps (real KVM, 80 MiB)', () => {
+  let dir: string;
+  let vm: RealModeVm;
+  beforeEach(() => {
+    dir = tempDir('snap-many');
+    vm = RealModeVm.create(80 * 1024 * 1024);
+  });
+  afterEach(() => {
+    vm.close();
+    removeDir(dir);
+  });
+
+  const mappings = () => readFileSync('/proc/self/maps', 'utf8').split('\n').length;
+
+  it('maps the longest ranges, copies the rest, and keeps the process far below the kernel\'s mapping limit', async () => {
+    const dirty = new DirtyMemoryTracker(vm.vm, vm.memory, vm.mode);
+    const base = await createSnapshot(sourceFor(vm, dirty), { kind: 'full', out: join(dir, 's0') });
+    const pages = vm.memory.size / PAGE_SIZE;
+    // Every other page (one-page ranges), and one long range at the end.
+    for (let p = 0; p < pages - 1024; p += 2) vm.memory.write(p * PAGE_SIZE + 8, seededBytes(p, 16));
+    vm.memory.write((pages - 512) * PAGE_SIZE, seededBytes(5, 256 * PAGE_SIZE));
+    const d = await createSnapshot(sourceFor(vm, dirty), { kind: 'diff', out: join(dir, 'd'), parentId: base.snapshotId });
+    const ranges = (pages - 1024) / 2 + 1;
+    assert.ok(ranges > MAX_MAPPED_RANGES, `the diff has ${ranges} ranges`);
+    const before = mappings();
+    const chain = openSnapshotChain([base.dir, d.dir]);
+    try {
+      assert.equal(chain.memory.mappedRanges, MAX_MAPPED_RANGES);
+      assert.equal(chain.memory.copiedRanges, ranges - MAX_MAPPED_RANGES);
+      const added = mappings() - before;
+      // At most two per mapped range, plus whatever Node itself mapped meanwhile (its heap, buffers).
+      assert.ok(added <= 2 * MAX_MAPPED_RANGES + 256, `the restore added ${added} mappings (at most two per mapped range)`);
+      assert.ok(mappings() < 65530 / 2, 'far below vm.max_map_count');
+      await chain.verify();
+      assert.ok(Buffer.from(libc.view(chain.memory.hostAddress, chain.memory.size)).equals(liveMemory(vm)), 'memory as of the diff');
+    } finally {
+      chain.close();
+    }
+    assert.ok(mappings() <= before + 256, 'and closing the chain removes them all');
   });
 });
 

@@ -12,8 +12,8 @@ export class LifeboatVm {
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   readonly socket: string;
 
-  /** `lifeboat vm run|restore ARGS --api-sock DIR/NAME.sock`. */
-  constructor(readonly subcommand: 'run' | 'restore', args: string[], dir: string, name = 'vm') {
+  /** `lifeboat vm run|restore|standby ARGS --api-sock DIR/NAME.sock`. */
+  constructor(readonly subcommand: 'run' | 'restore' | 'standby', args: string[], dir: string, name = 'vm') {
     this.socket = join(dir, `${name}.sock`);
     this.child = spawn(process.execPath, [LIFEBOAT_MAIN, 'vm', subcommand, ...args, '--api-sock', this.socket], {
       cwd: projectRoot(), stdio: ['pipe', 'pipe', 'pipe'],
@@ -58,6 +58,16 @@ export class LifeboatVm {
     while (this.stdout.slice(from).split(text).length - 1 < count) {
       if (this.child.exitCode !== null || this.child.signalCode !== null) throw new Error(`the VMM exited before printing '${text}' ${count} times; console tail:\n${this.stdout.slice(-1200)}`);
       if (Date.now() > deadline) throw new Error(`timed out waiting for '${text}' ${count} times; console tail:\n${this.stdout.slice(-1200)}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+
+  /** Waits for `re` on stderr (a standby's "ready" line). */
+  async waitForStderr(re: RegExp, timeoutMs = 30_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (!re.test(this.stderr)) {
+      if (this.child.exitCode !== null || this.child.signalCode !== null) throw new Error(`the VMM exited before printing ${re} on stderr: ${this.stderr}`);
+      if (Date.now() > deadline) throw new Error(`timed out waiting for ${re} on stderr: ${this.stderr}`);
       await new Promise((r) => setTimeout(r, 20));
     }
   }

@@ -13,7 +13,7 @@ import { openDiskImages, type DiskImageSpec, type OpenedImage } from './image.js
 import { IO_WORKER_KIND, type FromIoWorker, type IoWorkerData, type ToIoWorker } from './io-protocol.js';
 import type { VirtioMmioDescriptor } from './mmio.js';
 import type { ObserverDescriptor } from './observer.js';
-import { TRANSPORT_WORDS, VirtioMmioState } from './state.js';
+import { QueueWord, TRANSPORT_WORDS, VirtioMmioState } from './state.js';
 import { eventfdNotify } from './sys.js';
 
 export interface DiskSpec extends DiskImageSpec {
@@ -149,6 +149,27 @@ export class VirtioBlockSet extends EventEmitter {
       interruptsSent: d.state.get('interruptsSent'),
       notifyRegisterWrites: d.state.get('notifyRegisterWrites'),
     }));
+  }
+
+  /**
+   * Requests the guest has made available and the device has not taken yet, over every ready queue
+   * (the avail ring's idx in guest memory minus the saved next-avail position). For reports: a restored
+   * VM stopped while its disks were held says how many requests never reached an image.
+   */
+  waitingRequests(): number {
+    let waiting = 0;
+    for (const d of this.devices) {
+      for (let q = 0; q < d.state.get('numQueues'); q++) {
+        if (!d.state.queueGet(q, QueueWord.READY)) continue;
+        try {
+          const idx = Buffer.from(this.memory.slice(d.state.queueAddress(q, QueueWord.AVAIL_LO) + 2, 2)).readUInt16LE(0);
+          waiting += (idx - d.state.queueGet(q, QueueWord.NEXT_AVAIL)) & 0xffff;
+        } catch {
+          // A ring address outside RAM: the driver never set this queue up properly; nothing waits there.
+        }
+      }
+    }
+    return waiting;
   }
 
   /**

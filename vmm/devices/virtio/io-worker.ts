@@ -94,6 +94,9 @@ class IoWorker {
       if (d.spec.observer) d.handler.observer = await loadObserver(d.spec.observer, d.observedDisk);
     }
     this.post({ type: 'ready' });
+    // Messages sent before this thread started come first: a quiesce sent right after start() (a
+    // restored VM's disks held until its snapshot is verified) holds every request, the first included.
+    if (await this.handleMessages()) return;
     this.scan();
     for (;;) {
       const set = this.currentPollSet();
