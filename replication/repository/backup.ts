@@ -1,15 +1,18 @@
-// Backup: disk (and memory) image files -> a recovery point. Reads every chunk (full), only the chunks a
-// change bitmap names (incremental with a bitmap), or every chunk but uploads only those whose id the
-// repository does not hold (incremental by hash comparison). Chunks go through the worker pool (hash,
-// then compress + seal for new ones) into packs; packs and their index objects are durable before the
-// point's map pages and, last, its manifest are written.
+// Backup: disk (and memory) image files -> a recovery point. Reads every chunk (full), only what a change
+// bitmap names (incremental with a bitmap), or every chunk but uploads only those whose id the
+// repository does not hold (incremental by hash comparison). With a bitmap finer than the chunk size,
+// only the runs of changed granules are read and stored, as small chunks spliced into the parent's
+// extent map (extent-map.ts); a cell that would hold too many extents is read whole instead. Pieces go
+// through the worker pool (hash, then compress + seal for new ones) into packs; packs and their index
+// objects are durable before the point's map pages and, last, its manifest are written.
 
 import { open, type FileHandle } from 'node:fs/promises';
 import type { ChunkIndex } from './chunk-index.js';
-import { ChangeBitmapError, markDirtyChunks, type ChangeBitmap } from './change-bitmap.js';
+import { ChangeBitmapError, granuleCount, markDirtyChunks, type ChangeBitmap } from './change-bitmap.js';
 import { Semaphore } from './concurrency.js';
 import { readCondemned } from './condemned.js';
-import { BlobType, CHUNK_ID_BYTES, MAP_PAGE_ENTRIES, ZERO_CHUNK_ID } from './constants.js';
+import { BlobType, CHUNK_ID_BYTES, MAP_PAGE_CELLS, MAX_EXTENTS_PER_CELL, ZERO_CHUNK_ID } from './constants.js';
+import { ExtentMapBuilder, encodeMapPages, type ExtentMap } from './extent-map.js';
 import { InputError, PointNotFoundError, RepositoryError } from './errors.js';
 import { Lease } from './leases.js';
 import {
@@ -68,31 +71,69 @@ export interface BackupResult {
   bytesRead: number;
   /** Bytes written to the target: packs, index objects and the manifest. */
   bytesAdded: number;
+  /** Blobs this backup stored (chunks, map pages, device state). */
   chunksNew: number;
+  /** Chunks read that the repository already held, and extents taken over from the parent. */
   chunksReused: number;
+  /** Pieces read that were all zero, and extents of zeros taken over from the parent. */
   zeroChunks: number;
   packsWritten: number;
   durationMs: number;
+  /** chunks: cells of the chunk grid; chunksRead: pieces read (whole cells, or runs of changed granules). */
   images: { label: string; mode: ImageMode; chunks: number; chunksRead: number; note?: string }[];
+  /** The extent map of each image (disks, then memory), as stored. */
+  maps: ExtentMap[];
+  /**
+   * The index as this backup used it, its own packs included: every blob the point needs is in it, in
+   * a pack that is present and not condemned (what the catalog records, see catalog-source.ts).
+   */
+  index: ChunkIndex;
+}
+
+/** LIFEBOAT_TRACE=1: each phase of a backup on stderr, in ms since the backup began (for profiling). */
+function tracer(started: number): (phase: string) => void {
+  if (!process.env.LIFEBOAT_TRACE) return () => undefined;
+  return (phase) => process.stderr.write(`lifeboat backup: ${String(Date.now() - started).padStart(6)} ms ${phase}\n`);
 }
 
 /** Chunks are read and handed to workers in batches of about this many bytes. */
 const BATCH_BYTES = 4 * 1024 * 1024;
+/** Room beyond the pack size in a reused pack buffer: the last blob, the pack index and the trailer. */
+const PACK_BODY_SLACK = 2 * 1024 * 1024;
 /** Packs uploading at once. */
 const UPLOAD_CONCURRENCY = 3;
 const PROGRESS_INTERVAL_MS = 200;
+
+/** What a backup does with one chunk-grid cell of an image. */
+const enum CellAction {
+  /** Take the parent's extents of the cell as they are. */
+  Copy = 0,
+  /** Read the whole cell: one piece, one extent. */
+  Whole = 1,
+  /** Read the changed runs (pieces) and splice them into the parent's extents of the cell. */
+  Splice = 2,
+}
 
 interface ImagePlan {
   label: string;
   path: string;
   file: FileHandle;
   size: number;
-  chunks: number;
+  cells: number;
   mode: ImageMode;
-  /** One byte per chunk: 1 = read it. Null: read all. */
-  dirty: Uint8Array | null;
-  /** 32 bytes per chunk; pre-filled from the parent for chunks not read. */
-  map: Buffer;
+  cellAction: Uint8Array;
+  /** Pieces to read, in image order: whole cells, or runs of changed granules inside one cell. */
+  piecePos: number[];
+  pieceLen: number[];
+  /** 1 for a run of changed granules: such pieces are stored together, several to a chunk. */
+  pieceJoin: number[];
+  /** Filled while reading: per piece, the id of the chunk holding it (the zero id: all zero) and where in it. */
+  pieceIds: Buffer;
+  pieceOffsets: Uint32Array;
+  /** The parent's extents (for Copy and Splice cells). */
+  parentMap: ExtentMap | null;
+  /** The new point's extents, assembled once every piece is read. */
+  map: ExtentMap | null;
   trackingEpoch: string | null;
   /** Why a given bitmap was not used, if it was not. */
   note: string | null;
@@ -100,9 +141,9 @@ interface ImagePlan {
 
 interface Batch {
   plan: ImagePlan;
-  /** Chunk numbers, in increasing order. */
-  chunks: number[];
-  lengths: number[];
+  /** Pieces [first, first + count) of the plan. */
+  first: number;
+  count: number;
   bytes: number;
 }
 
@@ -112,6 +153,8 @@ class BackupRun {
   private readonly uploading = new Set<Promise<void>>();
   private dataPack: PackBuilder;
   private metaPack: PackBuilder;
+  /** Pack bodies whose upload has finished, to lay out the next packs in. */
+  private readonly spareBodies: Buffer[] = [];
   /** Ids being written in this run but not yet durable. */
   private readonly inFlight = new Set<string>();
   private failure: unknown = null;
@@ -156,8 +199,11 @@ class BackupRun {
 
   private async flush(builder: PackBuilder): Promise<void> {
     if (builder.count === 0) return;
-    const pack: FinishedPack = builder.finish(this.repo.sealer);
     await this.uploads.acquire();
+    const size = builder.finishedSize(this.repo.sealer);
+    let body = this.spareBodies.pop();
+    if (!body || body.length < size) body = Buffer.allocUnsafeSlow(Math.max(size, this.repo.packSize + PACK_BODY_SLACK));
+    const pack: FinishedPack = builder.finish(this.repo.sealer, body);
     const upload = (async () => {
       try {
         await this.repo.writePack(pack);
@@ -169,6 +215,8 @@ class BackupRun {
       } catch (err) {
         this.failure ??= err;
       } finally {
+        // The target is done with the body once put has settled: the buffer serves the next pack.
+        this.spareBodies.push(body);
         this.uploads.release();
       }
     })();
@@ -210,40 +258,46 @@ class BackupRun {
 
   private async processBatch(batch: Batch): Promise<void> {
     const { plan } = batch;
-    const cs = this.repo.chunkSize;
     const runs: { position: number; length: number }[] = [];
-    batch.chunks.forEach((c, j) => {
+    const lengths = plan.pieceLen.slice(batch.first, batch.first + batch.count);
+    for (let j = 0; j < batch.count; j++) {
+      const pos = plan.piecePos[batch.first + j];
       const last = runs[runs.length - 1];
-      if (last && last.position + last.length === c * cs) last.length += batch.lengths[j];
-      else runs.push({ position: c * cs, length: batch.lengths[j] });
-    });
+      if (last && last.position + last.length === pos) last.length += lengths[j];
+      else runs.push({ position: pos, length: lengths[j] });
+    }
+    // Runs of changed granules are stored several to a chunk (up to a chunk's size): one blob, one
+    // index entry and one seal for many small runs. Whole cells are a chunk each.
+    const joinable = Uint8Array.from(plan.pieceJoin.slice(batch.first, batch.first + batch.count));
     let hashed;
     try {
-      hashed = await this.workers.readAndHash(plan.file.fd, runs, batch.lengths);
+      hashed = await this.workers.readAndHash(plan.file.fd, runs, lengths, { joinable, limit: this.repo.chunkSize });
     } catch (err) {
       if (err instanceof WorkerError) throw new InputError(`cannot read ${plan.path}: ${err.message}`);
       throw err;
     }
     this.bytesRead += batch.bytes;
-    const { ids, zero } = hashed;
+    const { ids, chunkLengths, pieceChunk, pieceOffset } = hashed;
+    for (let j = 0; j < batch.count; j++) {
+      const c = pieceChunk[j];
+      if (c < 0) {
+        this.zeroChunks++;
+        continue;
+      }
+      plan.pieceIds.set(ids.subarray(c * CHUNK_ID_BYTES, (c + 1) * CHUNK_ID_BYTES), (batch.first + j) * CHUNK_ID_BYTES);
+      plan.pieceOffsets[batch.first + j] = pieceOffset[j];
+    }
     const fresh: number[] = [];
     const freshIds: Buffer[] = [];
-    for (let j = 0; j < batch.chunks.length; j++) {
-      const c = batch.chunks[j];
-      const id = ids.subarray(j * CHUNK_ID_BYTES, (j + 1) * CHUNK_ID_BYTES);
-      if (zero[j]) {
-        ZERO_CHUNK_ID.copy(plan.map, c * CHUNK_ID_BYTES);
-        this.zeroChunks++;
+    for (let c = 0; c < chunkLengths.length; c++) {
+      const id = ids.subarray(c * CHUNK_ID_BYTES, (c + 1) * CHUNK_ID_BYTES);
+      if (this.known(id)) {
+        this.chunksReused++;
       } else {
-        id.copy(plan.map, c * CHUNK_ID_BYTES);
-        if (this.known(id)) {
-          this.chunksReused++;
-        } else {
-          this.inFlight.add(id.toString('latin1'));
-          fresh.push(j);
-          freshIds.push(id);
-          this.chunksNew++;
-        }
+        this.inFlight.add(id.toString('latin1'));
+        fresh.push(c);
+        freshIds.push(id);
+        this.chunksNew++;
       }
     }
     if (fresh.length) {
@@ -253,7 +307,7 @@ class BackupRun {
       const blobs = fresh.map((j, k) => {
         const stored = encoded.stored.subarray(p, p + encoded.lengths[k]);
         p += encoded.lengths[k];
-        return { id: freshIds[k], stored, rawLength: batch.lengths[j], crc32: encoded.crc32[k], compression: encoded.compression[k] };
+        return { id: freshIds[k], stored, rawLength: chunkLengths[j], crc32: encoded.crc32[k], compression: encoded.compression[k] };
       });
       await this.addData(blobs);
     } else {
@@ -264,20 +318,17 @@ class BackupRun {
   }
 
   private *batches(plan: ImagePlan): Generator<Batch> {
-    const cs = this.repo.chunkSize;
-    let batch: Batch = { plan, chunks: [], lengths: [], bytes: 0 };
-    for (let c = 0; c < plan.chunks; c++) {
-      if (plan.dirty && !plan.dirty[c]) continue;
-      const len = Math.min(cs, plan.size - c * cs);
-      if (batch.bytes + len > BATCH_BYTES && batch.chunks.length) {
+    let batch: Batch = { plan, first: 0, count: 0, bytes: 0 };
+    for (let i = 0; i < plan.piecePos.length; i++) {
+      const len = plan.pieceLen[i];
+      if (batch.bytes + len > BATCH_BYTES && batch.count) {
         yield batch;
-        batch = { plan, chunks: [], lengths: [], bytes: 0 };
+        batch = { plan, first: i, count: 0, bytes: 0 };
       }
-      batch.chunks.push(c);
-      batch.lengths.push(len);
+      batch.count++;
       batch.bytes += len;
     }
-    if (batch.chunks.length) yield batch;
+    if (batch.count) yield batch;
   }
 
   async readImages(plans: ImagePlan[]): Promise<void> {
@@ -354,6 +405,66 @@ function changedOnlyUnusable(bitmap: ChangeBitmap, parentImage: ImageEntry | nul
   return null;
 }
 
+function addPiece(plan: ImagePlan, position: number, length: number, joinable: boolean): void {
+  plan.piecePos.push(position);
+  plan.pieceLen.push(length);
+  plan.pieceJoin.push(joinable ? 1 : 0);
+}
+
+/** Cell c is read whole: one piece, one chunk, one extent. */
+function wholeCell(plan: ImagePlan, c: number, chunkSize: number): void {
+  plan.cellAction[c] = CellAction.Whole;
+  addPiece(plan, c * chunkSize, Math.min(chunkSize, plan.size - c * chunkSize), false);
+}
+
+/**
+ * Runs of set granules inside cell c, as [start, end) byte ranges clipped to the image; null when the
+ * whole cell is covered.
+ */
+function changedRuns(bitmap: ChangeBitmap, c: number, chunkSize: number, size: number): [number, number][] | null {
+  const g = bitmap.granularity;
+  const cellStart = c * chunkSize;
+  const cellEnd = Math.min(size, cellStart + chunkSize);
+  const count = granuleCount(bitmap.diskSize, g);
+  const runs: [number, number][] = [];
+  for (let gr = cellStart / g; gr < count && gr * g < cellEnd; gr++) {
+    if (!(bitmap.bits[gr >> 3] & (1 << (gr & 7)))) continue;
+    const start = gr * g;
+    const end = Math.min(cellEnd, start + g);
+    const last = runs[runs.length - 1];
+    if (last && last[1] === start) last[1] = end;
+    else runs.push([start, end]);
+  }
+  if (runs.length === 1 && runs[0][0] === cellStart && runs[0][1] === cellEnd) return null;
+  return runs;
+}
+
+/** Extents cell c would hold with `runs` spliced into the parent's extents of the cell. */
+function splicedCount(parent: ExtentMap, c: number, runs: [number, number][], chunkSize: number): number {
+  let n = runs.length;
+  let cursor = c * chunkSize;
+  const gaps: [number, number][] = [];
+  for (const [a, b] of runs) {
+    gaps.push([cursor, a]);
+    cursor = b;
+  }
+  gaps.push([cursor, Math.min(parent.size, (c + 1) * chunkSize)]);
+  for (const [a, b] of gaps) {
+    if (a >= b) continue;
+    for (let k = parent.cellFirst[c]; k < parent.cellFirst[c + 1]; k++) {
+      const p = parent.positions[k];
+      if (p < b && p + parent.lengths[k] > a) n++;
+    }
+  }
+  return n;
+}
+
+/** A cell's extents in the parent all have their blob in the index (zeros need none). */
+function cellReusable(parent: ExtentMap, c: number, index: ChunkIndex): boolean {
+  for (let k = parent.cellFirst[c]; k < parent.cellFirst[c + 1]; k++) if (!parent.isZero(k) && !index.has(parent.id(k))) return false;
+  return true;
+}
+
 async function planImage(
   repo: Repository,
   index: ChunkIndex,
@@ -375,14 +486,35 @@ async function planImage(
   }
   const cs = repo.chunkSize;
   const size = st.size;
-  const chunks = Math.ceil(size / cs);
-  const map = Buffer.alloc(chunks * CHUNK_ID_BYTES);
+  const cells = Math.ceil(size / cs);
   const bitmap = input.bitmap ?? null;
   if (bitmap && bitmap.diskSize !== size) {
     await file.close();
     throw new ChangeBitmapError(`the change bitmap for ${label} describes ${bitmap.diskSize} bytes but ${input.path} holds ${size}`);
   }
-  const base = { label, path: input.path, file, size, chunks, map, trackingEpoch: bitmap?.epoch ?? null };
+  const plan: ImagePlan = {
+    label,
+    path: input.path,
+    file,
+    size,
+    cells,
+    mode: 'full',
+    cellAction: new Uint8Array(cells),
+    piecePos: [],
+    pieceLen: [],
+    pieceJoin: [],
+    pieceIds: Buffer.alloc(0),
+    pieceOffsets: new Uint32Array(0),
+    parentMap: null,
+    map: null,
+    trackingEpoch: bitmap?.epoch ?? null,
+    note: null,
+  };
+  const finish = () => {
+    plan.pieceIds = Buffer.alloc(plan.piecePos.length * CHUNK_ID_BYTES);
+    plan.pieceOffsets = new Uint32Array(plan.piecePos.length);
+    return plan;
+  };
   // A bitmap is trusted only when it counts changes from exactly the instant the parent point was taken:
   // its base epoch must be the tracking epoch the parent recorded. Otherwise every chunk is read: that
   // is always correct for an image of the whole disk, and never for one that holds only the changed
@@ -396,28 +528,88 @@ async function planImage(
         'export the whole point (lifeboat point export --out IMAGE --bitmap FILE, without --changed-only) and back that up',
     );
   }
-  if (!parentImage) return { ...base, mode: 'full', dirty: null, note: null };
-  if (!bitmap || why) {
-    return { ...base, mode: 'hash-compare', dirty: null, note: why ? `${label}: change bitmap not used (${why}); chunks compared by hash` : null };
+  if (!parentImage || !bitmap || why) {
+    plan.mode = parentImage ? 'hash-compare' : 'full';
+    if (parentImage && why) plan.note = `${label}: change bitmap not used (${why}); chunks compared by hash`;
+    for (let c = 0; c < cells; c++) wholeCell(plan, c, cs);
+    return finish();
   }
-  const parentMap = await repo.readChunkMap(parentImage, index, parentContext);
-  const dirty = new Uint8Array(chunks);
+  plan.mode = 'bitmap';
+  const parent = await repo.readExtentMap(parentImage, index, parentContext);
+  plan.parentMap = parent;
+  const dirty = new Uint8Array(cells);
   markDirtyChunks(bitmap, cs, dirty);
-  const parentChunks = Math.ceil(parentImage.size / cs);
-  // A resized disk: every chunk from the first one whose extent changed is read.
-  const firstChanged = size === parentImage.size ? chunks : Math.floor(Math.min(size, parentImage.size) / cs);
-  for (let c = 0; c < chunks; c++) {
-    if (c >= firstChanged || c >= parentChunks) {
-      dirty[c] = 1;
+  // A resized disk: every cell from the first one whose extent changed is read whole.
+  const firstChanged = size === parentImage.size ? cells : Math.floor(Math.min(size, parentImage.size) / cs);
+  // Granules finer than the chunk grid: only the changed runs are read (an image holding only the
+  // changed blocks never gets here: its granules are at least a chunk, see changedOnlyUnusable).
+  const fine = bitmap.granularity < cs && !bitmap.changedOnly;
+  for (let c = 0; c < firstChanged; c++) {
+    // A cell whose parent extents name a blob the index no longer holds (its pack is gone or
+    // condemned) is read again, whole.
+    const reusable = cellReusable(parent, c, index);
+    if (!dirty[c]) {
+      if (!reusable) wholeCell(plan, c, cs); // else CellAction.Copy
       continue;
     }
-    if (dirty[c]) continue;
-    const id = parentMap.subarray(c * CHUNK_ID_BYTES, (c + 1) * CHUNK_ID_BYTES);
-    // A chunk the index no longer holds (its pack is gone or condemned) is read again.
-    if (!id.equals(ZERO_CHUNK_ID) && !index.has(id)) dirty[c] = 1;
-    else id.copy(map, c * CHUNK_ID_BYTES);
+    const runs = fine && reusable ? changedRuns(bitmap, c, cs, size) : null;
+    if (!runs || splicedCount(parent, c, runs, cs) > MAX_EXTENTS_PER_CELL) {
+      wholeCell(plan, c, cs);
+      continue;
+    }
+    plan.cellAction[c] = CellAction.Splice;
+    for (const [a, b] of runs) addPiece(plan, a, b - a, true);
   }
-  return { ...base, mode: 'bitmap', dirty, note: null };
+  for (let c = firstChanged; c < cells; c++) wholeCell(plan, c, cs);
+  return finish();
+}
+
+/** The new point's extent map: the parent's extents with the pieces read put in their place. */
+function assembleMap(plan: ImagePlan, chunkSize: number): ExtentMap {
+  const b = new ExtentMapBuilder(plan.size, chunkSize, true, plan.cells + 2 * plan.piecePos.length + 16);
+  const parent = plan.parentMap;
+  const pieceId = (i: number) => {
+    const id = plan.pieceIds.subarray(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES);
+    return id.equals(ZERO_CHUNK_ID) ? null : id;
+  };
+  const addPieceExtent = (i: number) => {
+    const id = pieceId(i);
+    b.add(id, id ? plan.pieceOffsets[i] : 0, plan.pieceLen[i]);
+  };
+  /** The parent's bytes [a, b) of cell c, as slices of its extents. */
+  const parentRange = (c: number, a: number, end: number) => {
+    for (let k = parent!.cellFirst[c]; k < parent!.cellFirst[c + 1]; k++) {
+      const p = parent!.positions[k];
+      const lo = Math.max(a, p);
+      const hi = Math.min(end, p + parent!.lengths[k]);
+      if (lo >= hi) continue;
+      if (parent!.isZero(k)) b.add(null, 0, hi - lo);
+      else b.add(parent!.id(k), parent!.offsets[k] + (lo - p), hi - lo);
+    }
+  };
+  let i = 0;
+  for (let c = 0; c < plan.cells; c++) {
+    const action = plan.cellAction[c];
+    if (action === CellAction.Copy) {
+      let end = c + 1;
+      while (end < plan.cells && plan.cellAction[end] === CellAction.Copy) end++;
+      b.copyCells(parent!, c, end);
+      c = end - 1;
+    } else if (action === CellAction.Whole) {
+      addPieceExtent(i);
+      i++;
+    } else {
+      const cellEnd = Math.min(plan.size, (c + 1) * chunkSize);
+      let cursor = c * chunkSize;
+      for (; i < plan.piecePos.length && plan.piecePos[i] < cellEnd; i++) {
+        parentRange(c, cursor, plan.piecePos[i]);
+        addPieceExtent(i);
+        cursor = plan.piecePos[i] + plan.pieceLen[i];
+      }
+      parentRange(c, cursor, cellEnd);
+    }
+  }
+  return b.finish();
 }
 
 /**
@@ -427,16 +619,11 @@ async function planImage(
 async function checkPacksStillThere(repo: Repository, index: ChunkIndex, plans: ImagePlan[], images: ImageEntry[], extra: string[]): Promise<void> {
   const needed = new Set<string>();
   const need = (id: Buffer) => {
-    const loc = index.get(id);
-    if (!loc) throw new RepositoryError(`internal: chunk ${id.toString('hex')} of this backup is in no pack`);
-    needed.add(loc.packId);
+    const pack = index.packOf(id);
+    if (!pack) throw new RepositoryError(`internal: chunk ${id.toString('hex')} of this backup is in no pack`);
+    needed.add(pack);
   };
-  for (const p of plans) {
-    for (let c = 0; c < p.chunks; c++) {
-      const id = p.map.subarray(c * CHUNK_ID_BYTES, (c + 1) * CHUNK_ID_BYTES);
-      if (!id.equals(ZERO_CHUNK_ID)) need(id);
-    }
-  }
+  for (const p of plans) for (const { id } of p.map!.dataExtents()) need(id);
   for (const img of images) for (const page of img.pages) need(Buffer.from(page, 'hex'));
   for (const id of extra) need(Buffer.from(id, 'hex'));
   const present = await repo.listPacks();
@@ -447,18 +634,8 @@ async function checkPacksStillThere(repo: Repository, index: ChunkIndex, plans: 
   }
 }
 
-function countRead(plan: ImagePlan): number {
-  if (!plan.dirty) return plan.chunks;
-  let n = 0;
-  for (let c = 0; c < plan.chunks; c++) n += plan.dirty[c];
-  return n;
-}
-
-function bytesToRead(plan: ImagePlan, chunkSize: number): number {
-  if (!plan.dirty) return plan.size;
-  let n = 0;
-  for (let c = 0; c < plan.chunks; c++) if (plan.dirty[c]) n += Math.min(chunkSize, plan.size - c * chunkSize);
-  return n;
+function bytesToRead(plan: ImagePlan): number {
+  return plan.pieceLen.reduce((a, b) => a + b, 0);
 }
 
 function validateOptions(options: BackupOptions): void {
@@ -475,7 +652,9 @@ function validateOptions(options: BackupOptions): void {
 export async function backup(repo: Repository, options: BackupOptions): Promise<BackupResult> {
   validateOptions(options);
   const started = Date.now();
+  const trace = tracer(started);
   const lease = await Lease.acquire(repo.target, 'backup', options.leaseTtlMs);
+  trace('lease created');
   const plans: ImagePlan[] = [];
   let run: BackupRun | null = null;
   try {
@@ -484,7 +663,9 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     const condemned = await readCondemned(repo.target);
     const present = await repo.listPacks();
     const index = await repo.loadIndex({ exclude: new Set(condemned?.packs ?? []), present, onlyPresent: true });
+    trace(`index loaded (${index.size} blobs)`);
     const parent = await resolveParent(repo, options);
+    trace('parent chosen');
 
     for (const d of options.disks) {
       const pd = parent?.manifest.disks.find((x) => x.id === (d.id ?? d.name)) ?? parent?.manifest.disks.find((x) => x.name === d.name) ?? null;
@@ -494,41 +675,43 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       plans.push(await planImage(repo, index, 'memory', options.memory, parent?.manifest.memory ?? null, `parent point ${parent?.id} memory`));
     }
 
+    trace('planned');
     run = new BackupRun(repo, index, options);
-    run.bytesTotal = plans.reduce((a, p) => a + bytesToRead(p, repo.chunkSize), 0);
+    run.bytesTotal = plans.reduce((a, p) => a + bytesToRead(p), 0);
     for (const p of plans) {
-      // Chunks taken from the parent count as reused (or zero).
-      if (!p.dirty) continue;
-      for (let c = 0; c < p.chunks; c++) {
-        if (p.dirty[c]) continue;
-        if (p.map.subarray(c * CHUNK_ID_BYTES, (c + 1) * CHUNK_ID_BYTES).equals(ZERO_CHUNK_ID)) run.zeroChunks++;
-        else run.chunksReused++;
+      // Extents taken from the parent count as reused (or zero).
+      if (!p.parentMap) continue;
+      for (let c = 0; c < p.cells; c++) {
+        if (p.cellAction[c] !== CellAction.Copy) continue;
+        for (let k = p.parentMap.cellFirst[c]; k < p.parentMap.cellFirst[c + 1]; k++) {
+          if (p.parentMap.isZero(k)) run.zeroChunks++;
+          else run.chunksReused++;
+        }
       }
     }
     await run.readImages(plans);
+    trace('images read');
 
     const images: ImageEntry[] = [];
     for (const p of plans) {
+      p.map = assembleMap(p, repo.chunkSize);
+      p.parentMap = null;
       const pages: string[] = [];
-      for (let first = 0; first < p.chunks; first += MAP_PAGE_ENTRIES) {
-        const page = p.map.subarray(first * CHUNK_ID_BYTES, Math.min(p.chunks, first + MAP_PAGE_ENTRIES) * CHUNK_ID_BYTES);
-        pages.push(await run.addMeta(Buffer.from(page), BlobType.MapPage));
-      }
-      let zeroChunks = 0;
-      for (let c = 0; c < p.chunks; c++) if (p.map.subarray(c * CHUNK_ID_BYTES, (c + 1) * CHUNK_ID_BYTES).equals(ZERO_CHUNK_ID)) zeroChunks++;
+      for (const page of encodeMapPages(p.map, MAP_PAGE_CELLS)) pages.push(await run.addMeta(page, BlobType.MapPage));
       images.push({
         size: p.size,
         chunkSize: repo.chunkSize,
-        pageEntries: MAP_PAGE_ENTRIES,
+        pageCells: MAP_PAGE_CELLS,
         pages,
-        dataChunks: p.chunks - zeroChunks,
-        zeroChunks,
+        ...p.map.stats(),
         ...(p.trackingEpoch ? { trackingEpoch: p.trackingEpoch } : {}),
       });
     }
     let deviceState: string | undefined;
     if (options.memory?.deviceState) deviceState = await run.addMeta(options.memory.deviceState, BlobType.Metadata);
+    trace('maps assembled');
     await run.finishPacks();
+    trace('packs durable');
     await checkPacksStillThere(repo, index, plans, images, deviceState ? [deviceState] : []);
     lease.assertFresh();
 
@@ -552,6 +735,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       labels: options.labels ?? {},
     });
     const { pointId, bytes } = await repo.writeManifest(manifest);
+    trace('manifest written');
     run.bytesAdded += bytes;
     const durationMs = Date.now() - started;
     return {
@@ -565,7 +749,9 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       zeroChunks: run.zeroChunks,
       packsWritten: run.packsWritten,
       durationMs,
-      images: plans.map((p) => ({ label: p.label, mode: p.mode, chunks: p.chunks, chunksRead: countRead(p), ...(p.note ? { note: p.note } : {}) })),
+      images: plans.map((p) => ({ label: p.label, mode: p.mode, chunks: p.cells, chunksRead: p.piecePos.length, ...(p.note ? { note: p.note } : {}) })),
+      maps: plans.map((p) => p.map!),
+      index,
     };
   } catch (err) {
     if (err instanceof PointNotFoundError) throw new InputError(`parent ${err.message}`);

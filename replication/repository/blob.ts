@@ -2,7 +2,15 @@
 // of the stored bytes. Decoding checks every layer and says which one failed.
 
 import zlib from 'node:zlib';
-import { BlobType, CHUNK_ID_BYTES, COMPRESSION_MIN_SAVING_DIVISOR, Compression } from './constants.js';
+import {
+  BlobType,
+  CHUNK_ID_BYTES,
+  COMPRESSION_MIN_SAVING_DIVISOR,
+  Compression,
+  ENTROPY_SAMPLES,
+  INCOMPRESSIBLE_BITS,
+  MIN_ENTROPY_SAMPLES,
+} from './constants.js';
 import { AuthenticationError, type Sealer } from './crypto.js';
 
 export interface EncodedBlob {
@@ -40,8 +48,30 @@ export function blobAad(id: Uint8Array, type: number, compression: number): Buff
   return aad;
 }
 
+const histogram = new Uint32Array(256);
+/** SAMPLE_LOG[n] = n * log2(n), for the entropy estimate. */
+const SAMPLE_LOG = Float64Array.from({ length: ENTROPY_SAMPLES + 1 }, (_, n) => (n ? n * Math.log2(n) : 0));
+
+/**
+ * Whether a chunk's bytes look random (encrypted or already compressed data): the order-0 entropy of
+ * up to ENTROPY_SAMPLES evenly spaced bytes, corrected for the sample's size, is at least
+ * INCOMPRESSIBLE_BITS per byte. Such data cannot lose the 1/8 that compression must save, so brotli is
+ * not even tried (it costs more than the estimate, on every chunk of random data).
+ */
+export function looksIncompressible(plain: Uint8Array): boolean {
+  if (plain.length < MIN_ENTROPY_SAMPLES) return false;
+  const step = Math.max(1, Math.floor(plain.length / ENTROPY_SAMPLES));
+  histogram.fill(0);
+  let n = 0;
+  for (let i = 0; i < plain.length && n < ENTROPY_SAMPLES; i += step, n++) histogram[plain[i]]++;
+  let sum = 0;
+  for (let v = 0; v < 256; v++) sum += SAMPLE_LOG[histogram[v]];
+  const bits = Math.log2(n) - sum / n + 255 / (2 * n * Math.LN2); // Miller-Madow correction
+  return bits >= INCOMPRESSIBLE_BITS;
+}
+
 export function compress(plain: Uint8Array, quality: number | null): { data: Uint8Array; compression: Compression } {
-  if (quality === null || plain.length < 64) return { data: plain, compression: Compression.None };
+  if (quality === null || plain.length < 64 || looksIncompressible(plain)) return { data: plain, compression: Compression.None };
   const packed = zlib.brotliCompressSync(plain, {
     params: {
       [zlib.constants.BROTLI_PARAM_QUALITY]: quality,
@@ -64,7 +94,12 @@ export function encodeBlob(plain: Uint8Array, id: Buffer, type: BlobType, sealer
   return { id, type, compression, rawLength: plain.length, crc32: zlib.crc32(owned), stored: owned };
 }
 
-export function decodeBlob(stored: Uint8Array, d: BlobDescriptor, sealer: Sealer): Buffer {
+/**
+ * checkId false skips the content hash for a sealed blob (restore does: the GCM tag, whose AAD holds
+ * the id, already authenticates it; verify --read-data keeps it). An unencrypted blob is always hashed:
+ * its CRC-32 guards only against accidents.
+ */
+export function decodeBlob(stored: Uint8Array, d: BlobDescriptor, sealer: Sealer, options: { checkId?: boolean } = {}): Buffer {
   // A sealed blob is authenticated by its GCM tag, which covers every stored byte; the CRC is then
   // computed only to tell storage damage from tampering. An unencrypted blob is checked by its CRC first.
   if (!sealer.encrypted && zlib.crc32(stored) !== d.crc32) throw new BlobError('checksum', 'stored bytes do not match their CRC-32 (damaged in storage)');
@@ -91,6 +126,8 @@ export function decodeBlob(stored: Uint8Array, d: BlobDescriptor, sealer: Sealer
     throw new BlobError('decompression', `unknown compression ${d.compression}`);
   }
   if (plain.length !== d.rawLength) throw new BlobError('length', `blob decodes to ${plain.length} bytes, index says ${d.rawLength}`);
-  if (!sealer.chunkId(plain).equals(d.id)) throw new BlobError('content hash', 'blob content does not hash to its id');
+  if ((options.checkId !== false || !sealer.encrypted) && !sealer.chunkId(plain).equals(d.id)) {
+    throw new BlobError('content hash', 'blob content does not hash to its id');
+  }
   return plain;
 }

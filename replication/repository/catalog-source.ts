@@ -1,10 +1,11 @@
-// The repository seen as the catalog sees it: a point's manifest and chunk maps as a PointRecord, and
+// The repository seen as the catalog sees it: a point's manifest and extent maps as a PointRecord, and
 // the whole repository as a RebuildSource, so that the catalog can always be rebuilt from the target.
 
 import type { RebuildSource } from '../../catalog/rebuild.js';
 import type { ChunkReference, PointRecord, TargetRecord } from '../../catalog/records.js';
 import type { ChunkIndex } from './chunk-index.js';
-import { CHUNK_ID_BYTES, ZERO_CHUNK_ID } from './constants.js';
+import { readCondemned } from './condemned.js';
+import type { ExtentMap } from './extent-map.js';
 import { MissingObjectError } from './errors.js';
 import { pointImages, type PointManifest } from './manifest.js';
 import type { Repository } from './repository.js';
@@ -16,19 +17,24 @@ function reference(index: ChunkIndex, id: Buffer, context: string): ChunkReferen
 }
 
 /**
- * The catalog record of a committed point. Its chunks are every blob the point needs: each non-zero
- * chunk of each image (once per use, in image order), then the map pages, then the device state. All-zero
- * chunks have no blob and are not listed.
+ * The catalog record of a committed point. Its chunks are every blob the point needs: the blob of each
+ * extent with data of each image (once per extent, in image order), then the map pages, then the device
+ * state. Extents of zeros have no blob and are not listed.
  */
-export async function pointRecord(repo: Repository, pointId: string, manifest: PointManifest, index: ChunkIndex, targetId: string): Promise<PointRecord> {
+export async function pointRecord(
+  repo: Repository,
+  pointId: string,
+  manifest: PointManifest,
+  index: ChunkIndex,
+  targetId: string,
+  /** The images' extent maps, in pointImages order, when the caller has them (a backup just built them). */
+  maps?: ExtentMap[],
+): Promise<PointRecord> {
   const chunks: ChunkReference[] = [];
-  for (const { label, image } of pointImages(manifest)) {
+  for (const [i, { label, image }] of pointImages(manifest).entries()) {
     const context = `point ${pointId} ${label}`;
-    const map = await repo.readChunkMap(image, index, context);
-    for (let p = 0; p < map.length; p += CHUNK_ID_BYTES) {
-      const id = map.subarray(p, p + CHUNK_ID_BYTES);
-      if (!id.equals(ZERO_CHUNK_ID)) chunks.push(reference(index, id, context));
-    }
+    const map = maps?.[i] ?? (await repo.readExtentMap(image, index, context));
+    for (const { id } of map.dataExtents()) chunks.push(reference(index, id, context));
     for (const page of image.pages) chunks.push(reference(index, Buffer.from(page, 'hex'), context));
   }
   if (manifest.memory?.deviceState) chunks.push(reference(index, Buffer.from(manifest.memory.deviceState, 'hex'), `point ${pointId} memory`));
@@ -51,16 +57,28 @@ export async function pointRecord(repo: Repository, pointId: string, manifest: P
 
 /**
  * The index as the catalog sees it: every indexed pack, a blob stored twice located in a copy that is
- * present. A point recorded as it is committed and the same point found by a rebuild use this same
- * view, so both name the same pack for each chunk.
+ * present and, if there is one, not condemned (the copy a backup uses: it never reuses condemned
+ * packs). A point recorded as it is committed and the same point found by a rebuild use this view, so
+ * both name the same pack for each chunk (unless another backup stored the same blob again meanwhile).
  */
 export async function catalogIndex(repo: Repository): Promise<ChunkIndex> {
-  return repo.loadIndex({ present: await repo.listPacks() });
+  const condemned = await readCondemned(repo.target);
+  return repo.loadIndex({ present: await repo.listPacks(), avoid: new Set(condemned?.packs ?? []) });
 }
 
-/** The catalog record of a point just committed (loads the index afresh: the point's packs are new). */
-export async function committedPointRecord(repo: Repository, pointId: string, manifest: PointManifest, targetId: string): Promise<PointRecord> {
-  return pointRecord(repo, pointId, manifest, await catalogIndex(repo), targetId);
+/**
+ * The catalog record of a point just committed. `known`: what the backup that wrote it already holds,
+ * its extent maps and its index (which has the point's new packs), so that nothing is read again;
+ * without it the index is loaded afresh.
+ */
+export async function committedPointRecord(
+  repo: Repository,
+  pointId: string,
+  manifest: PointManifest,
+  targetId: string,
+  known?: { maps: ExtentMap[]; index: ChunkIndex },
+): Promise<PointRecord> {
+  return pointRecord(repo, pointId, manifest, known?.index ?? (await catalogIndex(repo)), targetId, known?.maps);
 }
 
 /** Everything a catalog rebuild needs, read from the repository alone. */

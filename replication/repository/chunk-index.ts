@@ -1,5 +1,6 @@
-// The in-memory index: chunk id -> where its blob lives. Built from index objects; kept in typed arrays so
-// that a repository with millions of chunks costs tens of bytes per chunk, not hundreds.
+// The in-memory index: chunk id -> where its blob lives. Built from index objects; kept in typed arrays
+// (and a hash table over them) so that a repository with millions of chunks costs tens of bytes per
+// chunk, not hundreds, and a lookup allocates nothing.
 
 import { CHUNK_ID_BYTES } from './constants.js';
 import type { PackIndexContents } from './layout.js';
@@ -27,8 +28,17 @@ export interface PackInfo {
 /** Ranks for addPack: a pack that exists beats one that is condemned, which beats one that is gone. */
 export const PACK_RANK = { missing: 0, condemned: 1, present: 2 } as const;
 
+/**
+ * An open-addressing hash table over the blob slots: ids are (keyed) hashes, so their bytes are already
+ * uniform; a per-index random seed mixes them so that crafted ids (unencrypted repositories hash
+ * contents anyone may write) cannot pile up on one bucket. No string or object is made per lookup.
+ */
+const EMPTY = 0xffffffff;
+
 export class ChunkIndex {
-  private readonly slots = new Map<string, number>();
+  private table = new Uint32Array(2048).fill(EMPTY);
+  private mask = 2047;
+  private readonly seed = (Math.random() * 0x100000000) >>> 0;
   private idBytes = Buffer.alloc(0);
   private pack = new Uint32Array(0);
   private offset = new Uint32Array(0);
@@ -65,6 +75,44 @@ export class ChunkIndex {
     const kind = new Uint16Array(cap);
     kind.set(this.kind.subarray(0, this.used));
     this.kind = kind;
+    // Keep the table at most half full.
+    if (cap * 2 > this.table.length) {
+      let size = this.table.length;
+      while (size < cap * 2) size *= 2;
+      this.table = new Uint32Array(size).fill(EMPTY);
+      this.mask = size - 1;
+      for (let s = 0; s < this.used; s++) this.table[this.probe(this.idBytes, s * CHUNK_ID_BYTES)] = s;
+    }
+  }
+
+  private hash(id: Uint8Array, at: number): number {
+    const w = (id[at] | (id[at + 1] << 8) | (id[at + 2] << 16) | (id[at + 3] << 24)) ^ this.seed;
+    const v = (id[at + 4] | (id[at + 5] << 8) | (id[at + 6] << 16) | (id[at + 7] << 24)) + this.seed;
+    return Math.imul(w ^ (w >>> 15), 0x2c1b3c6d) ^ Math.imul(v ^ (v >>> 13), 0x297a2d39);
+  }
+
+  /** The table position holding the id at id[at..at+32), or the empty position where it would go. */
+  private probe(id: Uint8Array, at: number): number {
+    let i = this.hash(id, at) & this.mask;
+    for (;;) {
+      const s = this.table[i];
+      if (s === EMPTY) return i;
+      const base = s * CHUNK_ID_BYTES;
+      let same = true;
+      for (let b = 0; b < CHUNK_ID_BYTES; b++) {
+        if (this.idBytes[base + b] !== id[at + b]) {
+          same = false;
+          break;
+        }
+      }
+      if (same) return i;
+      i = (i + 1) & this.mask;
+    }
+  }
+
+  private slot(id: Uint8Array): number {
+    const s = this.table[this.probe(id, 0)];
+    return s === EMPTY ? -1 : s;
   }
 
   private better(a: PackInfo, b: PackInfo): boolean {
@@ -86,16 +134,16 @@ export class ChunkIndex {
     }
     if (this.used + contents.entries.length > this.pack.length) this.grow(this.used + contents.entries.length);
     for (const e of contents.entries) {
-      const key = e.id.toString('latin1');
-      let s = this.slots.get(key);
-      if (s !== undefined) {
+      const t = this.probe(e.id, 0);
+      let s = this.table[t];
+      if (s !== EMPTY) {
         this.duplicates++;
         if (!this.better(info, this.packs.get(this.packIds[this.pack[s]])!)) continue;
       } else {
         s = this.used++;
-        this.slots.set(key, s);
+        this.table[t] = s;
+        this.idBytes.set(e.id, s * CHUNK_ID_BYTES);
       }
-      e.id.copy(this.idBytes, s * CHUNK_ID_BYTES);
       this.pack[s] = packNo;
       this.offset[s] = e.offset;
       this.stored[s] = e.storedLength;
@@ -110,13 +158,19 @@ export class ChunkIndex {
     for (let s = 0; s < this.used; s++) yield this.idBytes.subarray(s * CHUNK_ID_BYTES, (s + 1) * CHUNK_ID_BYTES);
   }
 
-  has(id: Buffer): boolean {
-    return this.slots.has(id.toString('latin1'));
+  has(id: Uint8Array): boolean {
+    return this.slot(id) >= 0;
   }
 
-  get(id: Buffer): BlobLocation | undefined {
-    const s = this.slots.get(id.toString('latin1'));
-    if (s === undefined) return undefined;
+  /** The pack holding a blob (the one get() would name), without building a location. */
+  packOf(id: Uint8Array): string | undefined {
+    const s = this.slot(id);
+    return s < 0 ? undefined : this.packIds[this.pack[s]];
+  }
+
+  get(id: Uint8Array): BlobLocation | undefined {
+    const s = this.slot(id);
+    if (s < 0) return undefined;
     return {
       id: this.idBytes.subarray(s * CHUNK_ID_BYTES, (s + 1) * CHUNK_ID_BYTES),
       packId: this.packIds[this.pack[s]],

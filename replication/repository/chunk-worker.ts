@@ -19,7 +19,7 @@ const sealer = new Sealer(
 );
 
 /** Batches read and hashed, waiting for the main thread to ask for their new chunks. */
-const held = new Map<number, { buf: Buffer; offsets: number[]; lengths: number[] }>();
+const held = new Map<number, { buf: Buffer; chunks: { offset: number; length: number }[][] }>();
 const spare: Buffer[] = [];
 let zeros = Buffer.alloc(1024 * 1024);
 
@@ -57,40 +57,62 @@ function handle(req: WorkerRequest): { reply: WorkerReply; transfer: ArrayBuffer
     case 'read-hash': {
       const total = req.lengths.reduce((a, b) => a + b, 0);
       const buf = takeBuffer(total);
-      const offsets: number[] = [];
       let pos = 0;
       for (const run of req.runs) {
         readFully(req.fd, buf, pos, run.length, run.position);
         pos += run.length;
       }
-      const ids = Buffer.alloc(req.lengths.length * CHUNK_ID_BYTES);
-      const zero = new Uint8Array(req.lengths.length);
+      // Pieces -> chunks: each chunk is a list of segments of buf (one, unless joinable pieces joined).
+      const chunks: { offset: number; length: number }[][] = [];
+      const chunkLengths: number[] = [];
+      const pieceChunk = new Int32Array(req.lengths.length);
+      const pieceOffset = new Uint32Array(req.lengths.length);
+      let open = -1; // the chunk joinable pieces may still join
       pos = 0;
       req.lengths.forEach((len, i) => {
-        const chunk = buf.subarray(pos, pos + len);
-        offsets.push(pos);
+        const piece = buf.subarray(pos, pos + len);
+        const at = pos;
         pos += len;
-        if (isZero(chunk)) zero[i] = 1;
-        else sealer.chunkId(chunk).copy(ids, i * CHUNK_ID_BYTES);
+        if (isZero(piece)) {
+          pieceChunk[i] = -1;
+          return;
+        }
+        const joinable = req.joinable?.[i] === 1;
+        if (joinable && open >= 0 && chunkLengths[open] + len <= req.joinLimit) {
+          pieceChunk[i] = open;
+          pieceOffset[i] = chunkLengths[open];
+          chunks[open].push({ offset: at, length: len });
+          chunkLengths[open] += len;
+          return;
+        }
+        pieceChunk[i] = chunks.length;
+        chunks.push([{ offset: at, length: len }]);
+        chunkLengths.push(len);
+        open = joinable ? chunks.length - 1 : -1;
       });
-      held.set(req.task, { buf, offsets, lengths: req.lengths });
+      const ids = Buffer.alloc(chunks.length * CHUNK_ID_BYTES);
+      chunks.forEach((segments, c) => sealer.chunkIdOf(segments.map((s) => buf.subarray(s.offset, s.offset + s.length))).copy(ids, c * CHUNK_ID_BYTES));
+      held.set(req.task, { buf, chunks });
       const idsAb = ids.buffer.slice(ids.byteOffset, ids.byteOffset + ids.length) as ArrayBuffer;
-      return { reply: { task: req.task, op: 'read-hash', ids: idsAb, zero }, transfer: [idsAb] };
+      const lengths = Uint32Array.from(chunkLengths);
+      return {
+        reply: { task: req.task, op: 'read-hash', ids: idsAb, chunkLengths: lengths, pieceChunk, pieceOffset },
+        transfer: [idsAb, lengths.buffer as ArrayBuffer, pieceChunk.buffer as ArrayBuffer, pieceOffset.buffer as ArrayBuffer],
+      };
     }
     case 'encode': {
       const batch = held.get(req.batch);
       if (!batch) throw new Error(`internal: batch ${req.batch} is not held by this worker`);
       held.delete(req.batch);
       const ids = Buffer.from(req.ids);
-      const blobs = req.chunks.map((j, k) =>
-        encodeBlob(
-          batch.buf.subarray(batch.offsets[j], batch.offsets[j] + batch.lengths[j]),
-          Buffer.from(ids.subarray(k * CHUNK_ID_BYTES, (k + 1) * CHUNK_ID_BYTES)),
-          req.type,
-          sealer,
-          data.quality,
-        ),
-      );
+      const blobs = req.chunks.map((c, k) => {
+        const segments = batch.chunks[c];
+        const plain =
+          segments.length === 1
+            ? batch.buf.subarray(segments[0].offset, segments[0].offset + segments[0].length)
+            : Buffer.concat(segments.map((s) => batch.buf.subarray(s.offset, s.offset + s.length)));
+        return encodeBlob(plain, Buffer.from(ids.subarray(k * CHUNK_ID_BYTES, (k + 1) * CHUNK_ID_BYTES)), req.type, sealer, data.quality);
+      });
       const total = blobs.reduce((a, b) => a + b.stored.length, 0);
       const out = new ArrayBuffer(total);
       const view = new Uint8Array(out);
@@ -120,10 +142,12 @@ function handle(req: WorkerRequest): { reply: WorkerReply; transfer: ArrayBuffer
       let bytesWritten = 0;
       req.blobs.forEach((b, k) => {
         try {
-          const plain = decodeBlob(src.subarray(b.offset, b.offset + b.storedLength), { ...b, id: Buffer.from(b.id) }, sealer);
-          for (const position of req.writes?.[k] ?? []) {
-            writeFully(req.fd!, plain, position);
-            bytesWritten += plain.length;
+          const plain = decodeBlob(src.subarray(b.offset, b.offset + b.storedLength), { ...b, id: Buffer.from(b.id) }, sealer, { checkId: req.checkId ?? true });
+          const writes = req.writes?.[k] ?? [];
+          for (let w = 0; w < writes.length; w += 3) {
+            const [position, offset, length] = [writes[w], writes[w + 1], writes[w + 2]];
+            writeFully(req.fd!, offset === 0 && length === plain.length ? plain : plain.subarray(offset, offset + length), position);
+            bytesWritten += length;
           }
           errors.push(null);
         } catch (err) {

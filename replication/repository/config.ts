@@ -89,7 +89,11 @@ export function decodeConfig(buf: Buffer): RepositoryConfig {
   }
   if (!c || typeof c !== 'object' || c.format !== CONFIG_FORMAT) throw new FormatError('the config object is not a Lifeboat repository config');
   if (c.version !== FORMAT_VERSION) {
-    throw new FormatError(`repository format version ${c.version} is not supported by this Lifeboat (it reads version ${FORMAT_VERSION})`);
+    const fix =
+      typeof c.version === 'number' && c.version < FORMAT_VERSION
+        ? 'it was written by an older, pre-release Lifeboat whose chunk maps this one does not read; create a new repository (lifeboat repo init) and back up into it'
+        : 'it was written by a newer Lifeboat; use that version';
+    throw new FormatError(`repository format version ${c.version} is not supported by this Lifeboat (it reads version ${FORMAT_VERSION}): ${fix}`);
   }
   if (typeof c.id !== 'string' || !HEX_ID_PATTERN.test(c.id) || c.id.length !== REPOSITORY_ID_BYTES * 2) {
     throw new FormatError('the config object has no valid repository id');

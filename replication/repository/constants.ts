@@ -1,7 +1,13 @@
 // The one home for the repository format's constants: object names, magic numbers, sizes and defaults.
 // docs/repository-format.md specifies every value here; change both together.
 
-export const FORMAT_VERSION = 1;
+/**
+ * The repository format: the config's and every manifest's `version`. Version 2 made chunk maps extent
+ * maps (docs/repository-format.md §9); a version-1 repository is refused, never misread.
+ */
+export const FORMAT_VERSION = 2;
+/** Version of the binary pack records (pack trailer, pack index, index object): unchanged since version 1. */
+export const RECORD_VERSION = 1;
 
 // ---------------------------------------------------------------------------------------------------
 // Object names on a target (all relative to the repository root)
@@ -69,13 +75,21 @@ export const DEFAULT_PACK_SIZE = 16 * 1024 * 1024;
 export const MIN_PACK_SIZE = 1024 * 1024;
 export const MAX_PACK_SIZE = 512 * 1024 * 1024;
 
-/** Chunk ids per map page: a 4 GiB disk at 64 KiB chunks has 65536 chunks, 16 pages. */
-export const MAP_PAGE_ENTRIES = 4096;
+/**
+ * Chunk-grid cells per map page: page p holds the extents of cells [p * MAP_PAGE_CELLS, (p + 1) *
+ * MAP_PAGE_CELLS). A 4 GiB disk at 64 KiB chunks has 65536 cells, 16 pages.
+ */
+export const MAP_PAGE_CELLS = 4096;
+/**
+ * Writers keep at most this many extents in one chunk-grid cell: an incremental that would leave more
+ * reads the whole cell and stores it as one chunk again, so fragmentation stays bounded.
+ */
+export const MAX_EXTENTS_PER_CELL = 4;
 
 export enum BlobType {
   /** A chunk of a disk or memory image. */
   Chunk = 0,
-  /** A page of a chunk map: MAP_PAGE_ENTRIES (or fewer, for the last page) 32-byte chunk ids. */
+  /** A page of an extent map: the extents of MAP_PAGE_CELLS chunk-grid cells (fewer for the last page). */
   MapPage = 1,
   /** Opaque metadata a point carries, e.g. a VM's device state. */
   Metadata = 2,
@@ -90,6 +104,14 @@ export enum Compression {
 export const COMPRESSION_MIN_SAVING_DIVISOR = 8;
 /** Chosen by measurement (docs/benchmarks.md, "Choosing the compression"). */
 export const DEFAULT_COMPRESSION = 'brotli-0';
+/**
+ * Writers do not try to compress a chunk whose sampled order-0 entropy is at least this many bits per
+ * byte (random-looking: encrypted or compressed data); see looksIncompressible in blob.ts.
+ */
+export const INCOMPRESSIBLE_BITS = 7.95;
+/** Bytes sampled for that estimate (evenly spaced), and the smallest chunk it is made for. */
+export const ENTROPY_SAMPLES = 8192;
+export const MIN_ENTROPY_SAMPLES = 2048;
 
 // ---------------------------------------------------------------------------------------------------
 // Encryption

@@ -94,4 +94,12 @@ export class Sealer {
   chunkId(data: Uint8Array): Buffer {
     return chunkId(data, this.keys ? this.keys.idKey : null);
   }
+
+  /** The chunk id of the concatenation of `parts` (without concatenating them). */
+  chunkIdOf(parts: Uint8Array[]): Buffer {
+    if (parts.length === 1) return this.chunkId(parts[0]);
+    const h = this.keys ? createHmac('sha256', this.keys.idKey) : createHash('sha256');
+    for (const p of parts) h.update(p);
+    return h.digest();
+  }
 }

@@ -1,7 +1,7 @@
 // Garbage collection: deletes packs no committed point needs, without ever racing a backup.
 //
 //   1. Take the exclusive gc lease; read the previous condemned record.
-//   2. List packs and read every index object; read every manifest and chunk map (mark).
+//   2. List packs and read every index object; read every manifest and extent map (mark).
 //   3. Unreferenced packs are condemned: the record is written (incomplete) before leases are listed.
 //   4. List leases. A backup whose lease appears later read the record, so it never reuses those packs;
 //      a backup whose lease is listed might, so its packs wait for it (the record names the lease).
@@ -16,7 +16,8 @@ import { ObjectLockedError } from '../target.js';
 import { ChunkIndex, PACK_RANK } from './chunk-index.js';
 import { mapLimit } from './concurrency.js';
 import { CONDEMNED_FORMAT, readCondemned, type CondemnedRecord } from './condemned.js';
-import { CHUNK_ID_BYTES, CONDEMNED_KEY, GC_LEASE_PREFIX, ZERO_CHUNK_ID, indexKey, packKey } from './constants.js';
+import { CONDEMNED_KEY, GC_LEASE_PREFIX, indexKey, packKey } from './constants.js';
+import type { ExtentMap } from './extent-map.js';
 import { PointNotFoundError, RepositoryError } from './errors.js';
 import type { PackIndexContents } from './layout.js';
 import { Lease, leaseAlive, listLeases } from './leases.js';
@@ -75,18 +76,16 @@ async function markPoints(repo: Repository, pointIds: string[], index: ChunkInde
     for (const { label, image } of pointImages(manifest)) {
       if (image.pages.some((page) => !index.has(Buffer.from(page, 'hex')))) await refresh();
       for (const page of image.pages) need(Buffer.from(page, 'hex'));
-      let map: Buffer;
+      let map: ExtentMap;
       try {
-        map = await repo.readChunkMap(image, index, `point ${pointId} ${label}`);
+        map = await repo.readExtentMap(image, index, `point ${pointId} ${label}`);
       } catch (err) {
         throw new GcAbortedError(
           `gc deleted nothing: ${(err as Error).message}; until this point is forgotten gc cannot tell which chunks it needs`,
         );
       }
-      for (let p = 0; p < map.length; p += CHUNK_ID_BYTES) {
-        const id = map.subarray(p, p + CHUNK_ID_BYTES);
-        if (!id.equals(ZERO_CHUNK_ID)) need(id);
-      }
+      // Every blob an extent takes bytes from, however few: blobs are never cut, packs deleted whole.
+      for (const { id } of map.dataExtents()) need(id);
     }
     if (manifest.memory?.deviceState) need(Buffer.from(manifest.memory.deviceState, 'hex'));
   }

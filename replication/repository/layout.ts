@@ -8,7 +8,7 @@ export const PACK_TRAILER = {
   size: 16,
   indexLength: 0, // u32: bytes of the stored (sealed) pack index just before the trailer
   indexCrc32: 4, // u32: CRC-32 of those stored bytes
-  version: 8, // u32: FORMAT_VERSION
+  version: 8, // u32: RECORD_VERSION
   magic: 12, // 4 bytes "LBPK"
 } as const;
 export const PACK_TRAILER_MAGIC = Buffer.from('LBPK', 'latin1');
@@ -54,6 +54,17 @@ export const INDEX_OBJECT_RECORD = {
   packId: 0, // 16 bytes
   storedLength: 16, // u32
   crc32: 20, // u32: CRC-32 of the stored pack index
+} as const;
+
+/**
+ * One extent of an extent map (a map page is these, back to back): `length` bytes of the image taken
+ * from the plaintext of blob `id` starting at `offset`. The zero id (no blob) stands for zeros.
+ */
+export const MAP_EXTENT = {
+  size: 40,
+  id: 0, // 32 bytes: blob id, or 32 zero bytes for zeros
+  offset: 32, // u32: where the extent starts in the blob's plaintext (0 for zeros)
+  length: 36, // u32: bytes of the image the extent covers (> 0)
 } as const;
 
 /** Change bitmap input (produced by the VMM's change tracking, consumed by `lifeboat backup --bitmap`). */
@@ -140,7 +151,7 @@ export function decodePackIndex(buf: Buffer, version: number): PackIndexContents
   let p = H.size;
   for (let i = 0; i < count; i++, p += E.size) {
     entries[i] = {
-      id: Buffer.from(buf.subarray(p + E.id, p + E.id + CHUNK_ID_BYTES)),
+      id: buf.subarray(p + E.id, p + E.id + CHUNK_ID_BYTES), // a view: the entries keep buf alive
       offset: buf.readUInt32LE(p + E.offset),
       storedLength: buf.readUInt32LE(p + E.storedLength),
       rawLength: buf.readUInt32LE(p + E.rawLength),

@@ -3,7 +3,7 @@
 
 import { createHash, randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
-import { FORMAT_VERSION, HEX_ID_PATTERN, MAP_PAGE_ENTRIES, POINT_ID_BYTES } from './constants.js';
+import { FORMAT_VERSION, HEX_ID_PATTERN, MAP_PAGE_CELLS, POINT_ID_BYTES } from './constants.js';
 import { AuthenticationError, type Sealer } from './crypto.js';
 import { AAD_POINT, FormatError } from './layout.js';
 
@@ -19,17 +19,20 @@ export const POINT_FORMAT = 'lifeboat-point';
 export type Consistency = 'crash' | 'paused' | 'application' | 'offline';
 export const CONSISTENCY_KINDS: readonly Consistency[] = ['crash', 'paused', 'application', 'offline'];
 
-/** A disk or memory image: its size and the ids of the pages of its chunk map. */
+/** A disk or memory image: its size and the ids of the pages of its extent map. */
 export interface ImageEntry {
   size: number;
+  /** The chunk grid: no extent crosses a multiple of it; a full backup stores one chunk per cell. */
   chunkSize: number;
-  /** Chunk ids per map page (every page but the last is full). */
-  pageEntries: number;
+  /** Chunk-grid cells per map page (every page but the last covers this many cells). */
+  pageCells: number;
   /** Hex ids of the map-page blobs, in order. */
   pages: string[];
-  /** Chunks with a blob / all-zero chunks (no blob). */
-  dataChunks: number;
-  zeroChunks: number;
+  /** Extents in the map; those with a blob, those of zeros (no blob), and the bytes the former cover. */
+  extents: number;
+  dataExtents: number;
+  zeroExtents: number;
+  dataBytes: number;
   /** Change-tracking epoch that began at this point's instant (hex), when the backup was given one. */
   trackingEpoch?: string;
 }
@@ -90,12 +93,13 @@ export function newManifest(fields: Omit<PointManifest, 'format' | 'version' | '
   };
 }
 
-export function chunkCount(image: { size: number; chunkSize: number }): number {
+/** Chunk-grid cells of an image: ceil(size / chunkSize). */
+export function cellCount(image: { size: number; chunkSize: number }): number {
   return Math.ceil(image.size / image.chunkSize);
 }
 
-export function pageCount(chunks: number, pageEntries = MAP_PAGE_ENTRIES): number {
-  return Math.ceil(chunks / pageEntries);
+export function pageCount(cells: number, pageCells = MAP_PAGE_CELLS): number {
+  return Math.ceil(cells / pageCells);
 }
 
 function pointAad(pointId: string): Buffer {
@@ -127,12 +131,17 @@ export function decodeManifest(stored: Buffer, pointId: string, sealer: Sealer, 
     throw new FormatError(`manifest of point ${pointId} is not valid JSON`);
   }
   if (m.format !== POINT_FORMAT) throw new FormatError(`object points/${pointId} is not a point manifest`);
-  if (m.version !== FORMAT_VERSION) throw new FormatError(`point ${pointId} has manifest version ${m.version}, not supported`);
+  if (m.version !== FORMAT_VERSION) throw new FormatError(`point ${pointId} has manifest version ${m.version}; this Lifeboat reads version ${FORMAT_VERSION}`);
   if (m.repository !== repositoryId) throw new FormatError(`point ${pointId} belongs to repository ${m.repository}, not this one`);
   for (const img of [...m.disks, ...(m.memory ? [m.memory] : [])]) {
-    if (img.pages.length !== pageCount(chunkCount(img), img.pageEntries)) {
+    const whole = (n: unknown) => Number.isSafeInteger(n) && (n as number) >= 0;
+    if (!whole(img.size) || !whole(img.chunkSize) || img.chunkSize === 0 || !whole(img.pageCells) || img.pageCells === 0 || !Array.isArray(img.pages)) {
+      throw new FormatError(`point ${pointId}: an image entry is damaged (size, chunk size, page cells or pages)`);
+    }
+    if (img.pages.length !== pageCount(cellCount(img), img.pageCells)) {
       throw new FormatError(`point ${pointId}: an image of ${img.size} bytes lists ${img.pages.length} map pages`);
     }
+    if (img.extents !== img.dataExtents + img.zeroExtents) throw new FormatError(`point ${pointId}: an image's extent counts disagree`);
   }
   return m;
 }

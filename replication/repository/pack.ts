@@ -3,7 +3,7 @@
 
 import { randomBytes } from 'node:crypto';
 import zlib from 'node:zlib';
-import { FORMAT_VERSION, PACK_ID_BYTES, SEAL_OVERHEAD } from './constants.js';
+import { RECORD_VERSION, PACK_ID_BYTES, SEAL_OVERHEAD } from './constants.js';
 import type { EncodedBlob } from './blob.js';
 import { AuthenticationError, type Sealer } from './crypto.js';
 import {
@@ -67,7 +67,16 @@ export class PackBuilder {
     this.bytes += blob.stored.length;
   }
 
-  finish(sealer: Sealer): FinishedPack {
+  /** Bytes the finished pack will take (its blobs, sealed index and trailer). */
+  finishedSize(sealer: Sealer): number {
+    return this.bytes + PACK_INDEX_HEADER.size + this.entries.length * PACK_INDEX_ENTRY.size + (sealer.encrypted ? SEAL_OVERHEAD : 0) + PACK_TRAILER.size;
+  }
+
+  /**
+   * Lays out the pack. `into`: a buffer of at least finishedSize() bytes to build the body in (a writer
+   * reuses a few such buffers: fresh memory costs a page fault per 4 KiB on first touch).
+   */
+  finish(sealer: Sealer, into?: Buffer): FinishedPack {
     const plainIndexLength = PACK_INDEX_HEADER.size + this.entries.length * PACK_INDEX_ENTRY.size;
     const storedIndexLength = plainIndexLength + (sealer.encrypted ? SEAL_OVERHEAD : 0);
     const contents: PackIndexContents = {
@@ -76,12 +85,19 @@ export class PackBuilder {
       createdMs: Date.now(),
       entries: this.entries,
     };
-    const storedIndex = sealer.seal(encodePackIndex(contents, FORMAT_VERSION), packIndexAad(this.packId));
+    const storedIndex = sealer.seal(encodePackIndex(contents, RECORD_VERSION), packIndexAad(this.packId));
     const indexCrc32 = zlib.crc32(storedIndex);
-    const trailer = encodePackTrailer({ indexLength: storedIndex.length, indexCrc32, version: FORMAT_VERSION });
-    const body = Buffer.concat([...this.blobs, storedIndex, trailer]);
+    const trailer = encodePackTrailer({ indexLength: storedIndex.length, indexCrc32, version: RECORD_VERSION });
+    let body: Buffer;
+    if (into && into.length >= contents.packSize) {
+      let p = 0;
+      for (const b of [...this.blobs, storedIndex, trailer]) p += b.copy(into, p);
+      body = into.subarray(0, p);
+    } else {
+      body = Buffer.concat([...this.blobs, storedIndex, trailer]);
+    }
     if (body.length !== contents.packSize) throw new Error(`internal: pack size ${body.length} != ${contents.packSize}`);
-    const indexObject = encodeIndexObject([{ packId: this.packId, crc32: indexCrc32, stored: storedIndex }], FORMAT_VERSION);
+    const indexObject = encodeIndexObject([{ packId: this.packId, crc32: indexCrc32, stored: storedIndex }], RECORD_VERSION);
     return { packId: this.packId, body, indexObject, contents };
   }
 }
@@ -96,7 +112,7 @@ export function openPackIndex(stored: Buffer, crc32: number, packId: Buffer, sea
     if (err instanceof AuthenticationError) throw new FormatError('pack index failed authentication (damaged, or not for this pack)');
     throw err;
   }
-  const contents = decodePackIndex(plain, FORMAT_VERSION);
+  const contents = decodePackIndex(plain, RECORD_VERSION);
   if (!contents.packId.equals(packId)) throw new FormatError('pack index names a different pack');
   return contents;
 }
@@ -105,7 +121,7 @@ export function openPackIndex(stored: Buffer, crc32: number, packId: Buffer, sea
 export function parsePackTail(tail: Buffer, packId: Buffer, sealer: Sealer): { contents: PackIndexContents; storedIndex: Buffer } {
   if (tail.length < PACK_TRAILER.size) throw new FormatError('pack is shorter than its trailer');
   const trailer = decodePackTrailer(tail.subarray(tail.length - PACK_TRAILER.size));
-  if (trailer.version !== FORMAT_VERSION) throw new FormatError(`pack version ${trailer.version} is not supported`);
+  if (trailer.version !== RECORD_VERSION) throw new FormatError(`pack version ${trailer.version} is not supported`);
   const start = tail.length - PACK_TRAILER.size - trailer.indexLength;
   if (start < 0) throw new FormatError('pack tail is shorter than its index');
   const storedIndex = tail.subarray(start, tail.length - PACK_TRAILER.size);

@@ -8,7 +8,6 @@ import { ChunkIndex, PACK_RANK, type BlobLocation } from './chunk-index.js';
 import { mapLimit } from './concurrency.js';
 import {
   BlobType,
-  CHUNK_ID_BYTES,
   CONFIG_KEY,
   DEFAULT_CHUNK_SIZE,
   DEFAULT_COMPRESSION,
@@ -19,6 +18,7 @@ import {
   KEYS_PREFIX,
   PACKS_PREFIX,
   POINTS_PREFIX,
+  RECORD_VERSION,
   REPOSITORY_ID_BYTES,
   indexKey,
   keyObjectKey,
@@ -49,6 +49,7 @@ import {
 } from './errors.js';
 import { createKeyObject, decodeKeyObject, newMasterKey, unwrapKeyObject, type KeyObject, type KeySecret } from './keys.js';
 import { FormatError, decodeIndexObject, type PackIndexContents } from './layout.js';
+import { decodeExtentMap, type ExtentMap } from './extent-map.js';
 import { decodeManifest, encodeManifest, type ImageEntry, type PointManifest } from './manifest.js';
 import { openPackIndex, type FinishedPack } from './pack.js';
 
@@ -306,7 +307,7 @@ export class Repository {
       throw err;
     }
     try {
-      return decodeIndexObject(buf, FORMAT_VERSION).map((r) => openPackIndex(Buffer.from(r.stored), r.crc32, r.packId, this.sealer));
+      return decodeIndexObject(buf, RECORD_VERSION).map((r) => openPackIndex(Buffer.from(r.stored), r.crc32, r.packId, this.sealer));
     } catch (err) {
       if (err instanceof FormatError) throw new CorruptDataError(`index object ${indexKey(indexId)} is damaged: ${err.message}`);
       throw err;
@@ -451,8 +452,11 @@ export class Repository {
     return { pointId, bytes: stored.length };
   }
 
-  /** The chunk ids of an image (32 bytes each, ZERO_CHUNK_ID for zero chunks), from its map pages. */
-  async readChunkMap(image: ImageEntry, index: ChunkIndex, context: string): Promise<Buffer> {
+  /**
+   * The extent map of an image, from its map pages. A map that does not tile the image exactly, or that
+   * disagrees with the manifest's counts, is damaged (CorruptDataError naming the context).
+   */
+  async readExtentMap(image: ImageEntry, index: ChunkIndex, context: string): Promise<ExtentMap> {
     const locations: BlobLocation[] = [];
     for (const [i, page] of image.pages.entries()) {
       const loc = index.get(Buffer.from(page, 'hex'));
@@ -463,12 +467,20 @@ export class Repository {
     try {
       blobs = await this.readBlobs(locations);
     } catch (err) {
-      throw withContext(err, `${context}: chunk map`);
+      throw withContext(err, `${context}: extent map`);
     }
-    const chunks = Math.ceil(image.size / image.chunkSize);
-    const map = Buffer.concat(image.pages.map((p) => blobs.get(p)!));
-    if (map.length !== chunks * CHUNK_ID_BYTES) {
-      throw new CorruptDataError(`${context}: chunk map holds ${map.length / CHUNK_ID_BYTES} ids for ${chunks} chunks`);
+    let map: ExtentMap;
+    try {
+      map = decodeExtentMap(image.pages.map((p) => blobs.get(p)!), image, image.pageCells);
+    } catch (err) {
+      if (err instanceof FormatError) throw new CorruptDataError(`${context}: the extent map is damaged: ${err.message}`);
+      throw err;
+    }
+    const s = map.stats();
+    if (s.extents !== image.extents || s.zeroExtents !== image.zeroExtents || s.dataBytes !== image.dataBytes) {
+      throw new CorruptDataError(
+        `${context}: the extent map is damaged: it holds ${s.extents} extents (${s.zeroExtents} of zeros, ${s.dataBytes} bytes of data), the manifest says ${image.extents} (${image.zeroExtents}, ${image.dataBytes})`,
+      );
     }
     return map;
   }

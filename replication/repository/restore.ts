@@ -1,6 +1,7 @@
 // Restore: a point's disk (or memory) image -> a file. Blobs are fetched with ranged reads grouped by
-// pack, several at once; workers open, decompress and check every chunk against its id; zero chunks stay
-// holes. The image is written to a temporary file beside the destination, fsynced, then renamed.
+// pack, several at once, each blob once however many extents use it; workers open, decompress and check
+// every blob and write the slices its extents take; zeros stay holes. The image is written to a
+// temporary file beside the destination, fsynced, then renamed.
 
 import { randomBytes } from 'node:crypto';
 import { constants as fsConstants } from 'node:fs';
@@ -9,7 +10,6 @@ import { basename, dirname, join } from 'node:path';
 import type { BlobLocation } from './chunk-index.js';
 import { mapLimit } from './concurrency.js';
 import { readCondemned } from './condemned.js';
-import { CHUNK_ID_BYTES, ZERO_CHUNK_ID } from './constants.js';
 import { CorruptDataError, InputError, MissingObjectError } from './errors.js';
 import { Lease } from './leases.js';
 import { pointImages, type ImageEntry, type PointManifest } from './manifest.js';
@@ -39,9 +39,10 @@ export interface RestoreResult {
   image: string;
   to: string;
   size: number;
-  chunks: number;
-  zeroChunks: number;
-  /** Bytes of chunk data written (zero chunks are holes and not written). */
+  /** Extents in the image's map, and those of zeros (left as holes). */
+  extents: number;
+  zeroExtents: number;
+  /** Bytes of data written (zeros are holes and not written). */
   bytesWritten: number;
   /** Bytes fetched from the target. */
   bytesFetched: number;
@@ -85,6 +86,7 @@ export async function restore(repo: Repository, options: RestoreOptions): Promis
   const parent = await stat(dirname(options.to)).catch(() => null);
   if (!parent?.isDirectory()) throw new InputError(`cannot restore to ${options.to}: directory ${dirname(options.to)} does not exist`);
 
+  const trace = process.env.LIFEBOAT_TRACE ? (m: string) => process.stderr.write(`lifeboat restore: ${String(Date.now() - started).padStart(6)} ms ${m}\n`) : () => undefined;
   const lease = await Lease.acquireIfWritable(repo.target, 'restore', options.leaseTtlMs);
   let workers: ChunkWorkers | null = null;
   let out: FileHandle | null = null;
@@ -95,35 +97,36 @@ export async function restore(repo: Repository, options: RestoreOptions): Promis
     const context = `point ${options.pointId} ${label}`;
     const condemned = await readCondemned(repo.target);
     const index = await repo.loadIndex({ present: await repo.listPacks(), avoid: new Set(condemned?.packs ?? []) });
-    const map = await repo.readChunkMap(image, index, context);
-    const cs = image.chunkSize;
-    const chunks = Math.ceil(image.size / cs);
+    const map = await repo.readExtentMap(image, index, context);
 
-    // Where each distinct chunk goes (a chunk may appear at many offsets).
-    const wanted = new Map<string, { loc: BlobLocation; chunkNumbers: number[] }>();
-    let zeroChunks = 0;
+    // Where each distinct blob goes: a blob is fetched and decoded once, then every extent taking bytes
+    // from it is written (position, offset in the blob, length: flat triples). Zeros stay holes.
+    const wanted = new Map<string, { loc: BlobLocation; writes: number[] }>();
     let bytesTotal = 0;
-    for (let c = 0; c < chunks; c++) {
-      const id = map.subarray(c * CHUNK_ID_BYTES, (c + 1) * CHUNK_ID_BYTES);
-      if (id.equals(ZERO_CHUNK_ID)) {
-        zeroChunks++;
-        continue;
-      }
+    for (const { k, id } of map.dataExtents()) {
+      const position = map.positions[k];
+      const offset = map.offsets[k];
+      const length = map.lengths[k];
       const key = id.toString('latin1');
-      const w = wanted.get(key);
-      if (w) {
-        w.chunkNumbers.push(c);
-      } else {
+      let w = wanted.get(key);
+      if (!w) {
         const loc = index.get(id);
         if (!loc) {
           throw new MissingObjectError(
-            `${context}: chunk at offset ${c * cs} (id ${id.toString('hex').slice(0, 16)}...) is in no pack the index knows; its pack is missing`,
+            `${context}: chunk at offset ${position} (id ${id.toString('hex').slice(0, 16)}...) is in no pack the index knows; its pack is missing`,
           );
         }
-        wanted.set(key, { loc, chunkNumbers: [c] });
+        w = { loc, writes: [] };
+        wanted.set(key, w);
       }
-      bytesTotal += Math.min(cs, image.size - c * cs);
+      if (offset + length > w.loc.rawLength) {
+        throw new CorruptDataError(`${context}: the extent map is damaged: the chunk at offset ${position} takes bytes ${offset}..${offset + length} of a blob of ${w.loc.rawLength} bytes`);
+      }
+      w.writes.push(position, offset, length);
+      bytesTotal += length;
     }
+    const stats = map.stats();
+    trace(`extent map read (${stats.extents} extents, ${wanted.size} blobs)`);
 
     out = await open(temp, 'wx', 0o600);
     await out.truncate(image.size);
@@ -134,7 +137,10 @@ export async function restore(repo: Repository, options: RestoreOptions): Promis
     let sinceSync = 0;
     let syncing: Promise<void> | null = null;
     const reads = planReads([...wanted.values()].map((w) => w.loc));
-    const firstOffset = (l: BlobLocation) => wanted.get(l.id.toString('latin1'))!.chunkNumbers[0] * cs;
+    const firstOffset = (l: BlobLocation) => wanted.get(l.id.toString('latin1'))!.writes[0];
+    // An encrypted blob's GCM tag, over its id, type and compression, already proves it is the blob
+    // written under that id; the keyed content hash is left to verify --read-data (format document §6).
+    const checkId = !repo.sealer.encrypted;
     await mapLimit(reads, options.readConcurrency ?? DEFAULT_READ_CONCURRENCY, async (r) => {
       let data: Buffer;
       try {
@@ -154,7 +160,7 @@ export async function restore(repo: Repository, options: RestoreOptions): Promis
           compression: l.compression,
           id: l.id,
         })),
-        { fd: out!.fd, writes: r.blobs.map((l) => wanted.get(l.id.toString('latin1'))!.chunkNumbers.map((c) => c * cs)) },
+        { fd: out!.fd, writes: r.blobs.map((l) => wanted.get(l.id.toString('latin1'))!.writes), checkId },
       );
       r.blobs.forEach((l, k) => {
         const problem = decoded.errors[k];
@@ -175,8 +181,10 @@ export async function restore(repo: Repository, options: RestoreOptions): Promis
         options.onProgress({ bytesDone, bytesTotal });
       }
     });
+    trace('data written');
     await syncing;
     await out.sync();
+    trace('synced');
     await out.close();
     out = null;
     await rename(temp, options.to);
@@ -186,8 +194,8 @@ export async function restore(repo: Repository, options: RestoreOptions): Promis
       image: label,
       to: options.to,
       size: image.size,
-      chunks,
-      zeroChunks,
+      extents: stats.extents,
+      zeroExtents: stats.zeroExtents,
       bytesWritten: bytesDone,
       bytesFetched,
       durationMs: Date.now() - started,

@@ -1,10 +1,12 @@
 // Verify: checks that every committed point can be restored. The structural check reads index objects
-// and manifests and lists packs: every chunk of every point is in the index, every indexed pack exists
+// and manifests and lists packs: every extent map tiles its image, every blob an extent of a point
+// takes bytes from is in the index and long enough, every indexed pack exists
 // with the size its index states. With readData, every pack is read in full: its tail must match its
 // index object and every blob must open, decompress and hash to its id. Problems name the object and,
 // for data, the point, image and offset that depend on it.
 
-import { HEX_ID_PATTERN, CHUNK_ID_BYTES, ZERO_CHUNK_ID, packKey, indexKey } from './constants.js';
+import { HEX_ID_PATTERN, packKey, indexKey } from './constants.js';
+import type { ExtentMap } from './extent-map.js';
 import { ChunkIndex } from './chunk-index.js';
 import { mapLimit } from './concurrency.js';
 import { RepositoryError } from './errors.js';
@@ -128,9 +130,9 @@ export async function verify(repo: Repository, options: VerifyOptions = {}): Pro
         const context = `point ${pointId} ${label}`;
         // A point committed while verify runs keeps its map pages in packs written after the listing.
         if (image.pages.some((page) => !index.has(Buffer.from(page, 'hex')))) await refresh();
-        let map: Buffer;
+        let map: ExtentMap;
         try {
-          map = await repo.readChunkMap(image, index, context);
+          map = await repo.readExtentMap(image, index, context);
         } catch (err) {
           if (!(err instanceof RepositoryError)) throw err;
           report('error', `points/${pointId}`, err.message);
@@ -145,17 +147,17 @@ export async function verify(repo: Repository, options: VerifyOptions = {}): Pro
           if (!refs.has(key)) refs.set(key, `${context}: map page ${i}`);
         }
         let bad = 0;
-        const chunks = map.length / CHUNK_ID_BYTES;
-        for (let c = 0; c < chunks; c++) {
-          const id = map.subarray(c * CHUNK_ID_BYTES, (c + 1) * CHUNK_ID_BYTES);
-          if (id.equals(ZERO_CHUNK_ID)) continue;
-          const where = `${context}: chunk at offset ${c * image.chunkSize}`;
+        for (const { k, id } of map.dataExtents()) {
+          const where = `${context}: chunk at offset ${map.positions[k]}`;
           const key = id.toString('latin1');
           if (!refs.has(key)) refs.set(key, where);
           const loc = index.get(id);
           let problem: string | null = null;
           if (!loc) problem = `${where} (id ${id.toString('hex').slice(0, 16)}...) is missing: no pack holds it`;
           else if (badPacks.has(loc.packId)) problem = `${where} lies in pack ${loc.packId}, which is ${badPacks.get(loc.packId)}`;
+          else if (map.offsets[k] + map.lengths[k] > loc.rawLength) {
+            problem = `${context}: the extent map is damaged: the chunk at offset ${map.positions[k]} takes bytes ${map.offsets[k]}..${map.offsets[k] + map.lengths[k]} of a blob of ${loc.rawLength} bytes`;
+          }
           if (problem) {
             if (bad < PER_IMAGE_REPORT_LIMIT) report('error', `points/${pointId}`, problem);
             bad++;

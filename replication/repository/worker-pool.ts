@@ -24,13 +24,20 @@ export interface DecodeBlobRequest {
 }
 
 export type WorkerRequest =
-  | { task: number; op: 'read-hash'; fd: number; runs: { position: number; length: number }[]; lengths: number[] }
+  /**
+   * Read `runs` of the image (back to back they are the pieces, `lengths`), and cut the pieces into
+   * chunks: a piece with `joinable` set joins the previous one's chunk while that stays within
+   * `joinLimit` bytes (runs of changed granules, stored together), any other piece is a chunk alone.
+   * All-zero pieces belong to no chunk.
+   */
+  | { task: number; op: 'read-hash'; fd: number; runs: { position: number; length: number }[]; lengths: number[]; joinable: Uint8Array | null; joinLimit: number }
   | { task: number; op: 'encode'; batch: number; chunks: number[]; ids: ArrayBuffer; type: BlobType }
   | { task: number; op: 'release'; batch: number }
-  | { task: number; op: 'decode'; data: ArrayBuffer; blobs: DecodeBlobRequest[]; fd?: number; writes?: number[][] };
+  /** writes[k]: flat (image position, offset in blob k's plaintext, length) triples to write to fd. */
+  | { task: number; op: 'decode'; data: ArrayBuffer; blobs: DecodeBlobRequest[]; fd?: number; writes?: number[][]; checkId?: boolean };
 
 export type WorkerReply =
-  | { task: number; op: 'read-hash'; ids: ArrayBuffer; zero: Uint8Array }
+  | { task: number; op: 'read-hash'; ids: ArrayBuffer; chunkLengths: Uint32Array; pieceChunk: Int32Array; pieceOffset: Uint32Array }
   | { task: number; op: 'encode'; stored: ArrayBuffer; lengths: Uint32Array; crc32: Uint32Array; compression: Uint8Array }
   | { task: number; op: 'release' }
   | { task: number; op: 'decode'; errors: ({ problem: string; message: string } | null)[]; bytesWritten: number }
@@ -43,9 +50,12 @@ type Pending = { resolve: (r: WorkerReply) => void; reject: (e: Error) => void; 
 export interface HashedBatch {
   worker: number;
   batch: number;
-  /** 32 bytes per chunk; all zero for an all-zero chunk. */
+  /** 32 bytes per chunk. */
   ids: Buffer;
-  zero: Uint8Array;
+  chunkLengths: Uint32Array;
+  /** Per piece: its chunk (-1: the piece is all zero), and where it starts in that chunk. */
+  pieceChunk: Int32Array;
+  pieceOffset: Uint32Array;
 }
 
 export interface EncodeResult {
@@ -133,16 +143,24 @@ export class ChunkWorkers {
     return { task, reply };
   }
 
-  /** Reads runs of an image file (fd) and returns the ids of the chunks (lengths) they hold. */
-  async readAndHash(fd: number, runs: { position: number; length: number }[], lengths: number[]): Promise<HashedBatch> {
+  /**
+   * Reads runs of an image file (fd), cuts the pieces they hold (lengths) into chunks (see the
+   * 'read-hash' request) and returns the chunks' ids and where each piece lies.
+   */
+  async readAndHash(
+    fd: number,
+    runs: { position: number; length: number }[],
+    lengths: number[],
+    join: { joinable: Uint8Array; limit: number } | null = null,
+  ): Promise<HashedBatch> {
     const worker = this.leastBusy();
-    const { task, reply } = this.submit(worker, { op: 'read-hash', fd, runs, lengths });
+    const { task, reply } = this.submit(worker, { op: 'read-hash', fd, runs, lengths, joinable: join?.joinable ?? null, joinLimit: join?.limit ?? 0 });
     const r = await reply;
     if (r.op !== 'read-hash') throw new Error('internal: unexpected worker reply');
-    return { worker, batch: task, ids: Buffer.from(r.ids), zero: r.zero };
+    return { worker, batch: task, ids: Buffer.from(r.ids), chunkLengths: r.chunkLengths, pieceChunk: r.pieceChunk, pieceOffset: r.pieceOffset };
   }
 
-  /** Compresses and seals chunks (positions within the batch) of a held batch, and frees the batch. */
+  /** Compresses and seals chunks (numbers within the batch) of a held batch, and frees the batch. */
   async encode(batch: HashedBatch, chunks: number[], ids: Buffer, type: BlobType): Promise<EncodeResult> {
     if (ids.length !== chunks.length * CHUNK_ID_BYTES) throw new Error('internal: ids and chunks disagree');
     const idsAb = ids.buffer.slice(ids.byteOffset, ids.byteOffset + ids.length) as ArrayBuffer;
@@ -157,9 +175,10 @@ export class ChunkWorkers {
 
   /**
    * Opens, decompresses and checks blobs lying in data (which is handed to the worker and must not be
-   * used afterwards); with fd, writes each good blob at its file positions.
+   * used afterwards); with fd, writes the slices of each good blob that `writes` names (flat triples:
+   * file position, offset in the blob, length). checkId false skips the content hash (see decodeBlob).
    */
-  async decode(data: Buffer, blobs: DecodeBlobRequest[], output?: { fd: number; writes: number[][] }): Promise<DecodeResult> {
+  async decode(data: Buffer, blobs: DecodeBlobRequest[], output?: { fd: number; writes: number[][]; checkId?: boolean }): Promise<DecodeResult> {
     let ab: ArrayBuffer;
     if (data.byteOffset === 0 && data.length === data.buffer.byteLength && !(data.buffer instanceof SharedArrayBuffer)) {
       ab = data.buffer as ArrayBuffer;

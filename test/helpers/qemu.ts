@@ -148,7 +148,11 @@ export class QemuGuest {
     });
   }
 
-  /** Resolves with the first match of pattern in the console output after `from` (a character index). */
+  /**
+   * Resolves with the first match of pattern in the console output after `from` (a character index).
+   * Output arrives in pieces: end a pattern with `\n`, not `$` with /m, which also matches the end of a
+   * line still arriving.
+   */
   waitFor(pattern: RegExp | string, timeoutMs = 30_000, from = 0): Promise<RegExpExecArray> {
     const re = typeof pattern === 'string' ? new RegExp(pattern.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')) : pattern;
     return this.waitUntil(

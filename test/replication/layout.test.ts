@@ -6,6 +6,7 @@ import {
   CHANGE_BITMAP_HEADER,
   INDEX_OBJECT_HEADER,
   INDEX_OBJECT_RECORD,
+  MAP_EXTENT,
   PACK_INDEX_ENTRY,
   PACK_INDEX_HEADER,
   PACK_TRAILER,
@@ -19,9 +20,10 @@ import {
 } from '../../replication/repository/layout.js';
 import { changeBitmapFromRanges, decodeChangeBitmap, encodeChangeBitmap, markDirtyChunks } from '../../replication/repository/change-bitmap.js';
 import { Sealer, deriveWorkingKeys } from '../../replication/repository/crypto.js';
-import { decodeBlob, encodeBlob, BlobError } from '../../replication/repository/blob.js';
-import { BlobType, Compression, FORMAT_VERSION, SEAL_OVERHEAD } from '../../replication/repository/constants.js';
+import { decodeBlob, encodeBlob, BlobError, looksIncompressible } from '../../replication/repository/blob.js';
+import { BlobType, Compression, RECORD_VERSION, SEAL_OVERHEAD } from '../../replication/repository/constants.js';
 import { PackBuilder, parsePackTail } from '../../replication/repository/pack.js';
+import { ExtentMapBuilder, decodeExtentMap, encodeMapPages } from '../../replication/repository/extent-map.js';
 import { crc32 } from 'node:zlib';
 import { seededBytes, compressibleBytes } from './images.js';
 
@@ -39,9 +41,9 @@ function assertTiles(layout: Record<string, number>, widths: Record<string, numb
 describe('repository binary layouts', () => {
   it('pack trailer: 16 bytes, index length, CRC, version, magic', () => {
     assertTiles(PACK_TRAILER, { indexLength: 4, indexCrc32: 4, version: 4, magic: 4 }, PACK_TRAILER.size);
-    const t = encodePackTrailer({ indexLength: 1234, indexCrc32: 0xdeadbeef, version: FORMAT_VERSION });
+    const t = encodePackTrailer({ indexLength: 1234, indexCrc32: 0xdeadbeef, version: RECORD_VERSION });
     assert.equal(t.toString('latin1', 12), 'LBPK');
-    assert.deepEqual(decodePackTrailer(t), { indexLength: 1234, indexCrc32: 0xdeadbeef, version: FORMAT_VERSION });
+    assert.deepEqual(decodePackTrailer(t), { indexLength: 1234, indexCrc32: 0xdeadbeef, version: RECORD_VERSION });
   });
 
   it('pack index: 48-byte header and 56-byte entries', () => {
@@ -60,12 +62,12 @@ describe('repository binary layouts', () => {
         { id: seededBytes('b', 32), offset: 100, storedLength: 50, rawLength: 50, crc32: 9, type: BlobType.MapPage, compression: Compression.None },
       ],
     };
-    const buf = encodePackIndex(contents, FORMAT_VERSION);
+    const buf = encodePackIndex(contents, RECORD_VERSION);
     assert.equal(buf.length, 48 + 2 * 56);
     assert.equal(buf.readUInt32LE(PACK_INDEX_HEADER.entryCount), 2);
     assert.equal(buf.readUInt32LE(PACK_INDEX_HEADER.size + 56 + PACK_INDEX_ENTRY.offset), 100);
-    assert.deepEqual(decodePackIndex(buf, FORMAT_VERSION), contents);
-    assert.throws(() => decodePackIndex(buf.subarray(0, buf.length - 1), FORMAT_VERSION), FormatError);
+    assert.deepEqual(decodePackIndex(buf, RECORD_VERSION), contents);
+    assert.throws(() => decodePackIndex(buf.subarray(0, buf.length - 1), RECORD_VERSION), FormatError);
   });
 
   it('index object: 16-byte header, 24-byte record headers', () => {
@@ -75,10 +77,10 @@ describe('repository binary layouts', () => {
       { packId: seededBytes('p1', 16), crc32: 1, stored: Buffer.from('first') },
       { packId: seededBytes('p2', 16), crc32: 2, stored: Buffer.from('second one') },
     ];
-    const buf = encodeIndexObject(records, FORMAT_VERSION);
+    const buf = encodeIndexObject(records, RECORD_VERSION);
     assert.equal(buf.length, 16 + 24 + 5 + 24 + 10);
     assert.deepEqual(
-      decodeIndexObject(buf, FORMAT_VERSION).map((r) => ({ ...r, stored: Buffer.from(r.stored) })),
+      decodeIndexObject(buf, RECORD_VERSION).map((r) => ({ ...r, stored: Buffer.from(r.stored) })),
       records,
     );
   });
@@ -101,6 +103,40 @@ describe('repository binary layouts', () => {
     markDirtyChunks(back, 262144, dirty);
     assert.deepEqual([...dirty], [1, 0, 1], 'a coarser chunk containing a set granule is dirty');
     assert.throws(() => decodeChangeBitmap(buf.subarray(0, 73)), /truncated or damaged/);
+  });
+
+  it('map extent: 40 bytes, blob id, offset in the blob, length; pages hold whole cells', () => {
+    assertTiles(MAP_EXTENT, { id: 32, offset: 4, length: 4 }, MAP_EXTENT.size);
+    const cs = 65536;
+    const size = 3 * cs + 1000;
+    const a = seededBytes('blob a', 32);
+    const b = seededBytes('blob b', 32);
+    const builder = new ExtentMapBuilder(size, cs);
+    builder.add(a, 0, cs); // cell 0: one whole chunk
+    builder.add(a, 0, 4096); // cell 1: a slice, zeros, a small chunk, then the rest of a
+    builder.add(null, 0, 4096);
+    builder.add(b, 0, 4096);
+    builder.add(a, 12288, cs - 12288);
+    builder.add(null, 0, cs); // cell 2: zeros
+    builder.add(null, 0, 1000); // cell 3: the short last cell
+    const map = builder.finish();
+    assert.deepEqual([...map.cellFirst], [0, 1, 5, 6, 7]);
+    assert.deepEqual(map.stats(), { extents: 7, dataExtents: 4, zeroExtents: 3, dataBytes: cs + 4096 + 4096 + cs - 12288 });
+    const pages = encodeMapPages(map, 2);
+    assert.deepEqual(pages.map((p) => p.length), [5 * 40, 2 * 40], 'page 0: cells 0-1, page 1: cells 2-3');
+    assert.ok(pages[0].subarray(40, 72).equals(a));
+    assert.equal(pages[0].readUInt32LE(40 * 4 + 32), 12288, 'offset of the fifth extent in its blob');
+    assert.equal(pages[0].readUInt32LE(40 * 4 + 36), cs - 12288, 'its length');
+    const back = decodeExtentMap(pages, { size, chunkSize: cs }, 2);
+    assert.deepEqual([...back.positions], [...map.positions]);
+    assert.ok(back.records.equals(map.records));
+    // Two slices of one blob that continue each other merge; zeros after zeros merge.
+    const merged = new ExtentMapBuilder(cs, cs);
+    merged.add(a, 0, 4096);
+    merged.add(a, 4096, 4096);
+    merged.add(null, 0, 8192);
+    merged.add(null, 0, cs - 16384);
+    assert.equal(merged.finish().count, 2);
   });
 
   it('a blob round-trips through compression and sealing, and any damage is named', () => {
@@ -126,6 +162,22 @@ describe('repository binary layouts', () => {
     }
   });
 
+  it('random-looking data is not even tried with brotli; text and structured binary data are', () => {
+    for (const size of [2048, 4096, 65536]) assert.equal(looksIncompressible(seededBytes(`random ${size}`, size)), true, `random ${size}`);
+    assert.equal(looksIncompressible(compressibleBytes('text', 65536)), false);
+    // Structured binary (floats, counters, masked words) has a fairly high byte entropy yet compresses.
+    const binary = Buffer.alloc(65536);
+    for (let o = 0; o + 8 <= binary.length; o += 8) {
+      const k = (o >> 12) % 3;
+      if (k === 0) binary.writeFloatLE(Math.sin(o / 977) * 1000 + (o % 13) / 13, o);
+      else if (k === 1) binary.writeUInt32LE(((o >> 3) * 7 + (Math.imul(o, 0x9e3779b1) >>> 24)) >>> 0, o);
+      else binary.writeUInt32LE(Math.imul(o, 0x9e3779b1) & 0x0f0f, o);
+    }
+    assert.equal(encodeBlob(binary, Buffer.alloc(32), BlobType.Chunk, new Sealer(null), 0).compression, Compression.Brotli, 'it does compress');
+    assert.equal(looksIncompressible(binary), false);
+    assert.equal(looksIncompressible(Buffer.concat([seededBytes('half', 32768), Buffer.alloc(32768)])), false, 'half zeros');
+  });
+
   it('a pack ends with its sealed index and trailer, identical to its index object', () => {
     const sealer = new Sealer(deriveWorkingKeys(seededBytes('m', 32), seededBytes('r', 16)));
     const builder = new PackBuilder();
@@ -137,7 +189,7 @@ describe('repository binary layouts', () => {
     assert.equal(pack.body.length, pack.contents.packSize);
     const { contents, storedIndex } = parsePackTail(pack.body, pack.packId, sealer);
     assert.deepEqual(contents, pack.contents);
-    const [record] = decodeIndexObject(pack.indexObject, FORMAT_VERSION);
+    const [record] = decodeIndexObject(pack.indexObject, RECORD_VERSION);
     assert.ok(Buffer.from(record.stored).equals(storedIndex));
     assert.throws(() => parsePackTail(pack.body, seededBytes('other pack', 16), sealer), /failed authentication|names a different pack/);
   });

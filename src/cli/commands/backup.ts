@@ -57,6 +57,11 @@ ${KEY_HELP}
 ${CATALOG_HELP}
   --json                print the result as JSON`;
 
+/** LIFEBOAT_TRACE=1: milestones on stderr, in ms since the process started. */
+function trace(milestone: string): void {
+  if (process.env.LIFEBOAT_TRACE) process.stderr.write(`lifeboat backup: ${performance.now().toFixed(0).padStart(6)} ms since start: ${milestone}\n`);
+}
+
 function defaultName(path: string): string {
   const name = basename(path).replace(/\.(raw|img|qcow2|disk)$/i, '').replace(/[^A-Za-z0-9._-]/g, '_');
   return /^[A-Za-z0-9]/.test(name) ? name : `disk${name}`;
@@ -140,6 +145,7 @@ export const backupCommand: Command = {
     let result: BackupResult;
     try {
       result = await withRepository(values, async (repo) => {
+        trace('repository open');
         const target = catalogTarget(spec, repo.id);
         catalog.startJob({ kind: 'backup', target, vmId: vmName });
         const point = await catalog.track(() =>
@@ -158,9 +164,14 @@ export const backupCommand: Command = {
           }),
         );
         // The manifest is durable: the point exists whatever happens to the catalog from here on.
+        trace('point stored');
         catalog.setProgress(point.bytesRead, point.bytesRead);
         await catalog.update(
-          () => committedPointRecord(repo, point.pointId, point.manifest, target.id),
+          async () => {
+            const record = await committedPointRecord(repo, point.pointId, point.manifest, target.id, { maps: point.maps, index: point.index });
+            trace(`catalog record of ${record.chunks.length} chunk references built`);
+            return record;
+          },
           (c, record) => {
             c.upsertTarget(target);
             c.upsertVm({ id: point.manifest.vm.id, name: point.manifest.vm.name, siteId: null });
@@ -168,6 +179,7 @@ export const backupCommand: Command = {
             c.recordPoint(record);
           },
         );
+        trace('point recorded in the catalog');
         catalog.succeeded({
           message: `point ${point.pointId} of VM ${vmName} stored on ${target.location}: read ${formatBytes(point.bytesRead)}, added ${formatBytes(point.bytesAdded)}`,
           details: {

@@ -108,7 +108,7 @@ ${CATALOG_HELP}
     } else {
       process.stdout.write(
         `restored point ${result.pointId.slice(0, 8)} ${result.image} to ${result.to}: ${formatBytes(result.size)} ` +
-          `(${formatBytes(result.bytesWritten)} data, ${result.zeroChunks} zero chunks left as holes) in ${formatDuration(result.durationMs)}\n`,
+          `(${formatBytes(result.bytesWritten)} data, zeros left as holes) in ${formatDuration(result.durationMs)}\n`,
       );
     }
     catalog.finish();
