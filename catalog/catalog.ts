@@ -272,11 +272,17 @@ export class Catalog {
   }
 
   // ---- recovery points and chunks (derived from the repository) ----
+  //
+  // A chunk's use by the points of one lineage (a VM on a target) is stored as spans: "used N times by
+  // the points numbered [from, to)". A point recorded after its lineage's newest point writes only the
+  // chunks whose use count changed, so an incremental costs rows in proportion to what it changed, not
+  // to the size of its disks. Per-point chunk lists and reference counts are queries (the views
+  // point_chunks and chunk_refcounts) over the spans and the points that are still there.
 
   /**
-   * Records a whole point in one transaction: the point row, its disks, its chunk references and the
-   * chunks' reference counts. Recording the same point again changes nothing; recording a different
-   * point under an existing id is an error.
+   * Records a whole point in one transaction: the point row, its disks, and its chunks as changes to
+   * its lineage's spans. Recording the same point again changes nothing; recording a different point
+   * under an existing id is an error.
    */
   recordPoint(point: PointRecord): RecordPointResult {
     validatePoint(point);
@@ -291,29 +297,61 @@ export class Catalog {
       if (!this.getTarget(point.targetId)) {
         throw new CatalogError(`recovery point ${point.id}: target ${point.targetId} is not in the catalog; register the target first`);
       }
+      const lineage = this.db
+        .prepare('SELECT last_seq AS lastSeq, head_point AS head FROM lineages WHERE target_id = ? AND vm_id = ?')
+        .get(point.targetId, point.vmId) as { lastSeq: number; head: string | null } | undefined;
+      const seq = (lineage?.lastSeq ?? 0) + 1;
       this.db.prepare('INSERT OR IGNORE INTO vms (id, name, site_id, created_at) VALUES (?, ?, NULL, ?)').run(point.vmId, point.vmName ?? point.vmId, this.now());
       this.db
-        .prepare(`INSERT INTO recovery_points (id, vm_id, target_id, parent_id, consistency, created_at, logical_bytes, stored_bytes, state, has_memory)
-                  VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
-        .run(point.id, point.vmId, point.targetId, point.parentId, point.consistency, point.createdAt, point.logicalBytes, point.storedBytes, point.state, point.hasMemory ? 1 : 0);
+        .prepare(`INSERT INTO recovery_points (id, vm_id, target_id, parent_id, consistency, created_at, logical_bytes, stored_bytes, state, has_memory, seq)
+                  VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+        .run(point.id, point.vmId, point.targetId, point.parentId, point.consistency, point.createdAt, point.logicalBytes, point.storedBytes, point.state, point.hasMemory ? 1 : 0, seq);
       const disk = this.db.prepare('INSERT INTO point_disks (point_id, name, size_bytes) VALUES (?, ?, ?)');
       for (const d of point.disks) disk.run(point.id, d.name, d.sizeBytes);
 
+      const trusted = lineage && point.delta && lineage.head !== null && point.delta.baseId === lineage.head ? new Set(point.delta.changed) : null;
+      // The point's count of each chunk (with a trusted delta, of the changed chunks only: a lookup per
+      // reference instead of a map entry per chunk).
       const uses = new Map<string, { ref: ChunkReference; uses: number }>();
       for (const ref of point.chunks) {
+        if (trusted && !trusted.has(ref.id)) continue;
         const seen = uses.get(ref.id);
         if (seen) seen.uses++;
         else uses.set(ref.id, { ref, uses: 1 });
       }
-      const insertChunk = this.db.prepare(
-        `INSERT INTO chunks (target_id, id, size, stored_size, pack, refcount) VALUES (?, ?, ?, ?, ?, 1)
-         ON CONFLICT (target_id, id) DO UPDATE SET refcount = refcount + 1`,
-      );
-      const link = this.db.prepare('INSERT INTO point_chunks (point_id, target_id, chunk_id, uses) VALUES (?, ?, ?, ?)');
-      for (const { ref, uses: n } of uses.values()) {
-        insertChunk.run(point.targetId, ref.id, ref.size, ref.storedSize, ref.pack);
-        link.run(point.id, point.targetId, ref.id, n);
+      // The chunks whose count differs from the lineage's newest point (what its open spans hold).
+      let changed: Iterable<string>;
+      if (trusted) {
+        changed = trusted;
+      } else if (!lineage) {
+        changed = uses.keys();
+      } else {
+        const open = this.db
+          .prepare('SELECT chunk_id AS id, uses FROM chunk_spans WHERE target_id = ? AND vm_id = ? AND to_seq IS NULL')
+          .all(point.targetId, point.vmId) as { id: string; uses: number }[];
+        const differ: string[] = [];
+        const before = new Set<string>();
+        for (const r of open) {
+          before.add(r.id);
+          if (uses.get(r.id)?.uses !== r.uses) differ.push(r.id);
+        }
+        for (const id of uses.keys()) if (!before.has(id)) differ.push(id);
+        changed = differ;
       }
+      const close = this.db.prepare('UPDATE chunk_spans SET to_seq = ? WHERE target_id = ? AND vm_id = ? AND chunk_id = ? AND to_seq IS NULL');
+      const insertChunk = this.db.prepare('INSERT OR IGNORE INTO chunks (target_id, id, size, stored_size, pack) VALUES (?, ?, ?, ?, ?)');
+      const open = this.db.prepare('INSERT INTO chunk_spans (target_id, vm_id, chunk_id, from_seq, to_seq, uses) VALUES (?, ?, ?, ?, NULL, ?)');
+      for (const id of changed) {
+        if (lineage) close.run(seq, point.targetId, point.vmId, id);
+        const now = uses.get(id);
+        if (!now) continue;
+        insertChunk.run(point.targetId, id, now.ref.size, now.ref.storedSize, now.ref.pack);
+        open.run(point.targetId, point.vmId, id, seq, now.uses);
+      }
+      this.db
+        .prepare(`INSERT INTO lineages (target_id, vm_id, last_seq, head_point) VALUES (?, ?, ?, ?)
+                  ON CONFLICT (target_id, vm_id) DO UPDATE SET last_seq = excluded.last_seq, head_point = excluded.head_point`)
+        .run(point.targetId, point.vmId, seq, point.id);
       return { recorded: true };
     });
   }
@@ -353,58 +391,78 @@ export class Catalog {
   }
 
   /**
-   * Removes a point and releases its chunk references in one transaction (retention). Chunks whose
-   * count drops to zero stay listed until `deleteUnreferencedChunks` (garbage collection) removes them.
-   * Returns how many chunks became unreferenced. Forgetting an absent point returns 0.
+   * Removes a point (retention) in one transaction. Its spans stay: they count the points that are
+   * still there, so its chunks' counts drop by one. Chunks no point uses any more stay listed until
+   * `deleteUnreferencedChunks` (garbage collection) removes them. Returns how many chunks became
+   * unreferenced. Forgetting an absent point returns 0.
    */
   forgetPoint(id: string): number {
     return this.transaction(() => {
       const point = this.getPoint(id);
       if (!point) return 0;
-      const released = this.db
-        .prepare(
-          `UPDATE chunks SET refcount = refcount - 1
-           WHERE target_id = ? AND id IN (SELECT chunk_id FROM point_chunks WHERE point_id = ?)
-           RETURNING refcount`,
-        )
-        .all(point.targetId, id) as { refcount: number }[];
+      const chunks = this.pointChunks(id).map((r) => r.chunkId);
       this.db.prepare('DELETE FROM recovery_points WHERE id = ?').run(id);
-      return released.filter((r) => r.refcount === 0).length;
+      const count = this.db.prepare('SELECT refcount FROM chunk_refcounts WHERE target_id = ? AND id = ?').pluck();
+      return chunks.filter((chunk) => count.get(point.targetId, chunk) === 0).length;
     });
   }
 
   getChunk(targetId: string, chunkId: string): ChunkRow | undefined {
-    const r = this.db.prepare('SELECT * FROM chunks WHERE target_id = ? AND id = ?').get(targetId, chunkId) as ChunkSqlRow | undefined;
+    const r = this.db.prepare('SELECT * FROM chunk_refcounts WHERE target_id = ? AND id = ?').get(targetId, chunkId) as ChunkSqlRow | undefined;
     return r && chunkRow(r);
   }
 
   listChunks(targetId: string): ChunkRow[] {
-    return (this.db.prepare('SELECT * FROM chunks WHERE target_id = ? ORDER BY id').all(targetId) as ChunkSqlRow[]).map(chunkRow);
+    return (this.db.prepare('SELECT * FROM chunk_refcounts WHERE target_id = ? ORDER BY id').all(targetId) as ChunkSqlRow[]).map(chunkRow);
   }
 
   /** Chunks no point references any more: what garbage collection may delete from the target. */
   unreferencedChunks(targetId: string): ChunkRow[] {
-    return (this.db.prepare('SELECT * FROM chunks WHERE target_id = ? AND refcount = 0 ORDER BY id').all(targetId) as ChunkSqlRow[]).map(chunkRow);
+    // Stops at the first point found for each chunk, instead of counting them all as chunk_refcounts does.
+    return (
+      this.db
+        .prepare(
+          `SELECT c.*, 0 AS refcount FROM chunks c
+           WHERE c.target_id = ? AND NOT EXISTS (
+             SELECT 1 FROM chunk_spans s
+             JOIN recovery_points p ON p.target_id = s.target_id AND p.vm_id = s.vm_id AND p.seq >= s.from_seq AND (s.to_seq IS NULL OR p.seq < s.to_seq)
+             WHERE s.target_id = c.target_id AND s.chunk_id = c.id)
+           ORDER BY c.id`,
+        )
+        .all(targetId) as ChunkSqlRow[]
+    ).map(chunkRow);
   }
 
   /** Records a stored chunk that no point references yet (e.g. found in a pack index); no-op when known. */
   addChunk(targetId: string, chunk: ChunkReference): void {
     this.db
-      .prepare('INSERT OR IGNORE INTO chunks (target_id, id, size, stored_size, pack, refcount) VALUES (?, ?, ?, ?, ?, 0)')
+      .prepare('INSERT OR IGNORE INTO chunks (target_id, id, size, stored_size, pack) VALUES (?, ?, ?, ?, ?)')
       .run(targetId, chunk.id, chunk.size, chunk.storedSize, chunk.pack);
   }
 
-  /** Forgets chunks garbage collection removed from the target. Refuses (and changes nothing) if any is still referenced. */
+  /**
+   * Forgets chunks garbage collection removed from the target, with their spans (which only forgotten
+   * points lie in). Refuses (and changes nothing) if any is still referenced.
+   */
   deleteUnreferencedChunks(targetId: string, chunkIds: readonly string[]): number {
     return this.transaction(() => {
-      const del = this.db.prepare('DELETE FROM chunks WHERE target_id = ? AND id = ? AND refcount = 0');
+      const count = this.db.prepare('SELECT refcount FROM chunk_refcounts WHERE target_id = ? AND id = ?').pluck();
+      // A lineage whose newest point lost a chunk here no longer matches that point: its next point is
+      // diffed in full against the open spans instead of trusting a delta against that point.
+      const unlink = this.db.prepare(
+        `UPDATE lineages SET head_point = NULL WHERE target_id = @target AND vm_id IN
+           (SELECT vm_id FROM chunk_spans WHERE target_id = @target AND chunk_id = @chunk AND to_seq IS NULL)`,
+      );
+      const spans = this.db.prepare('DELETE FROM chunk_spans WHERE target_id = ? AND chunk_id = ?');
+      const del = this.db.prepare('DELETE FROM chunks WHERE target_id = ? AND id = ?');
       let deleted = 0;
       for (const id of chunkIds) {
-        const info = del.run(targetId, id);
-        if (info.changes === 0 && this.getChunk(targetId, id)) {
-          throw new CatalogError(`chunk ${id} on target ${targetId} is still referenced; garbage collection must not delete it`);
-        }
-        deleted += info.changes;
+        const refcount = count.get(targetId, id) as number | undefined;
+        if (refcount === undefined) continue;
+        if (refcount > 0) throw new CatalogError(`chunk ${id} on target ${targetId} is still referenced; garbage collection must not delete it`);
+        unlink.run({ target: targetId, chunk: id });
+        spans.run(targetId, id);
+        deleted += del.run(targetId, id).changes;
       }
       return deleted;
     });

@@ -44,7 +44,8 @@ export async function rebuildCatalog(catalog: Catalog, source: RebuildSource): P
 
   return catalog.transaction(() => {
     const db = catalog.db;
-    db.prepare('DELETE FROM point_chunks WHERE target_id = ?').run(targetId);
+    db.prepare('DELETE FROM chunk_spans WHERE target_id = ?').run(targetId);
+    db.prepare('DELETE FROM lineages WHERE target_id = ?').run(targetId);
     db.prepare('DELETE FROM recovery_points WHERE target_id = ?').run(targetId); // point_disks cascade
     db.prepare('DELETE FROM chunks WHERE target_id = ?').run(targetId);
     catalog.upsertTarget(source.target);
@@ -55,7 +56,11 @@ export async function rebuildCatalog(catalog: Catalog, source: RebuildSource): P
   });
 }
 
-/** The tables a rebuild recomputes: what must be equal between an original and a rebuilt catalog. */
+/**
+ * The tables a rebuild recomputes: what must be equal between an original and a rebuilt catalog.
+ * `point_chunks` and `chunks` (with its computed refcount) are compared as the views show them: the
+ * spans underneath depend on which points were recorded before and since forgotten, the views do not.
+ */
 export const DERIVED_TABLES = ['recovery_points', 'point_disks', 'point_chunks', 'chunks'] as const;
 /** Every table a dump can hold, with the columns that order its rows. */
 const TABLE_ORDER: Record<string, string> = {
@@ -67,11 +72,17 @@ const TABLE_ORDER: Record<string, string> = {
   point_disks: 'point_id, name',
   point_chunks: 'point_id, chunk_id',
   chunks: 'target_id, id',
+  chunk_spans: 'target_id, chunk_id, vm_id, from_seq',
+  lineages: 'target_id, vm_id',
   jobs: 'id',
   events: 'id',
 };
+/** What a dump of a table reads: `chunks` with its computed reference count. */
+const TABLE_SOURCE: Record<string, string> = { chunks: 'chunk_refcounts' };
 /** Columns that record when a row was written locally, not what the repository says. */
 const LOCAL_COLUMNS = new Set(['created_at']);
+/** A point's number in its lineage depends on the points recorded before it, forgotten ones included. */
+const RECORDING_COLUMNS = new Set(['seq']);
 
 export interface CatalogDump {
   schemaVersion: number;
@@ -81,7 +92,7 @@ export interface CatalogDump {
 /**
  * A canonical, JSON-ready dump: rows ordered by primary key, columns in alphabetical order. By default
  * only the derived tables; `tables` picks others. Local bookkeeping columns (created_at of sites,
- * targets and VMs) are left out so that dumps of two catalogs built at different times compare equal.
+ * targets and VMs, a point's number in its lineage) are left out so that dumps of two catalogs built at different times compare equal.
  */
 export function dumpCatalog(catalog: Catalog, options: { tables?: readonly string[] } = {}): CatalogDump {
   const tables = options.tables ?? DERIVED_TABLES;
@@ -89,11 +100,12 @@ export function dumpCatalog(catalog: Catalog, options: { tables?: readonly strin
   for (const table of tables) {
     const order = TABLE_ORDER[table];
     if (!order) throw new CatalogError(`cannot dump unknown table '${table}' (known: ${Object.keys(TABLE_ORDER).join(', ')})`);
-    const rows = catalog.db.prepare(`SELECT * FROM ${table} ORDER BY ${order}`).all() as Record<string, unknown>[];
+    const rows = catalog.db.prepare(`SELECT * FROM ${TABLE_SOURCE[table] ?? table} ORDER BY ${order}`).all() as Record<string, unknown>[];
     out.tables[table] = rows.map((row) => {
       const sorted: Record<string, unknown> = {};
       for (const col of Object.keys(row).sort()) {
         if (table !== 'recovery_points' && LOCAL_COLUMNS.has(col)) continue;
+        if (table === 'recovery_points' && RECORDING_COLUMNS.has(col)) continue;
         sorted[col] = row[col];
       }
       return sorted;

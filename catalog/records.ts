@@ -51,7 +51,11 @@ export interface DiskRecord {
   sizeBytes: number;
 }
 
-/** One use of a chunk by a point. A point may list the same chunk several times (e.g. zero blocks). */
+/**
+ * One use of a chunk by a point: the point lists a chunk once per place that needs it (a chunk-grid
+ * cell of an image, a map page, the device state), so the same content at several places is listed
+ * several times.
+ */
 export interface ChunkReference {
   id: string;
   /** Plain (uncompressed, unencrypted) length. */
@@ -85,6 +89,19 @@ export interface PointRecord {
   vmName?: string;
   disks: { name: string; sizeBytes: number }[];
   chunks: ChunkReference[];
+  /**
+   * Optional: which chunks' use counts differ from those of `delta.baseId` (normally the parent). When
+   * the base is the newest point the catalog recorded for this VM on this target, recording writes only
+   * these chunks; otherwise (or without it) the catalog diffs `chunks` against that newest point itself.
+   */
+  delta?: PointChunkDelta;
+}
+
+/** The chunks whose use count changed between a base point and a point (added, dropped or re-counted). */
+export interface PointChunkDelta {
+  baseId: string;
+  /** Chunk ids (each once); the point's own counts come from `PointRecord.chunks`. */
+  changed: string[];
 }
 
 /** A recovery point as listed by the catalog (without its chunk list). */
@@ -110,7 +127,7 @@ export interface ChunkRow extends ChunkReference {
 export interface PointChunkRow {
   pointId: string;
   chunkId: string;
-  /** How many times the point lists the chunk. */
+  /** How many times the point lists the chunk (cells, map pages, device state naming it). */
   uses: number;
 }
 

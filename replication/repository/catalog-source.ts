@@ -6,6 +6,7 @@ import type { ChunkReference, PointRecord, TargetRecord } from '../../catalog/re
 import type { ChunkIndex } from './chunk-index.js';
 import { readCondemned } from './condemned.js';
 import type { ExtentMap } from './extent-map.js';
+import { MAP_EXTENT } from './layout.js';
 import { MissingObjectError } from './errors.js';
 import { pointImages, type PointManifest } from './manifest.js';
 import type { Repository } from './repository.js';
@@ -16,10 +17,67 @@ function reference(index: ChunkIndex, id: Buffer, context: string): ChunkReferen
   return { id: id.toString('hex'), size: loc.rawLength, storedSize: loc.storedLength, pack: loc.packId };
 }
 
+/** The blob ids of cell c's extents with data, each once (a cell has at most a few extents). */
+function cellIds(map: ExtentMap, c: number): Buffer[] {
+  const ids: Buffer[] = [];
+  for (let k = map.cellFirst[c]; k < map.cellFirst[c + 1]; k++) {
+    if (map.isZero(k)) continue;
+    const id = map.id(k);
+    if (!ids.some((seen) => seen.equals(id))) ids.push(id);
+  }
+  return ids;
+}
+
+/** Map page and device-state ids of a manifest, as lowercase hex. */
+function pageIds(manifest: PointManifest): string[] {
+  const ids = pointImages(manifest).flatMap(({ image }) => image.pages.map((p) => Buffer.from(p, 'hex').toString('hex')));
+  if (manifest.memory?.deviceState) ids.push(Buffer.from(manifest.memory.deviceState, 'hex').toString('hex'));
+  return ids;
+}
+
 /**
- * The catalog record of a committed point. Its chunks are every blob the point needs: the blob of each
- * extent with data of each image (once per extent, in image order), then the map pages, then the device
- * state. Extents of zeros have no blob and are not listed.
+ * Which chunks' use counts (as `pointRecord` lists them) differ between a parent and its child: only
+ * the cells whose extents differ are looked at, and the map pages and device state. O(cells) in
+ * memory, O(changed cells) in ids produced, which is what lets the catalog record an incremental in
+ * proportion to what it changed.
+ */
+export function chunkDelta(parent: { manifest: PointManifest; maps: ExtentMap[] }, child: { manifest: PointManifest; maps: ExtentMap[] }): string[] {
+  const net = new Map<string, number>();
+  const count = (id: string, d: number) => net.set(id, (net.get(id) ?? 0) + d);
+  const countCell = (map: ExtentMap, c: number, d: number) => {
+    for (const id of cellIds(map, c)) count(id.toString('hex'), d);
+  };
+  const parentImages = new Map(pointImages(parent.manifest).map(({ label }, i) => [label, parent.maps[i]]));
+  const matched = new Set<string>();
+  for (const [i, { label }] of pointImages(child.manifest).entries()) {
+    const map = child.maps[i];
+    const before = parentImages.get(label);
+    if (before && before.size === map.size && before.chunkSize === map.chunkSize) {
+      matched.add(label);
+      const R = MAP_EXTENT.size;
+      for (let c = 0; c < map.cells; c++) {
+        const same =
+          map.records.compare(before.records, before.cellFirst[c] * R, before.cellFirst[c + 1] * R, map.cellFirst[c] * R, map.cellFirst[c + 1] * R) === 0;
+        if (same) continue;
+        countCell(before, c, -1);
+        countCell(map, c, +1);
+      }
+    } else {
+      for (let c = 0; c < map.cells; c++) countCell(map, c, +1);
+    }
+  }
+  for (const [label, map] of parentImages) if (!matched.has(label)) for (let c = 0; c < map.cells; c++) countCell(map, c, -1);
+  for (const id of pageIds(parent.manifest)) count(id, -1);
+  for (const id of pageIds(child.manifest)) count(id, +1);
+  return [...net].filter(([, d]) => d !== 0).map(([id]) => id);
+}
+
+/**
+ * The catalog record of a committed point. Its chunks are every blob the point needs, listed once per
+ * place that needs it: each blob with data in a chunk-grid cell (once per cell, however many extents of
+ * the cell name it; cells in image order), then the map pages, then the device state. Extents of zeros
+ * have no blob and are not listed. Counting per cell, not per extent, keeps a blob's count unchanged
+ * when an incremental splices a run into the middle of its extent.
  */
 export async function pointRecord(
   repo: Repository,
@@ -34,7 +92,7 @@ export async function pointRecord(
   for (const [i, { label, image }] of pointImages(manifest).entries()) {
     const context = `point ${pointId} ${label}`;
     const map = maps?.[i] ?? (await repo.readExtentMap(image, index, context));
-    for (const { id } of map.dataExtents()) chunks.push(reference(index, id, context));
+    for (let c = 0; c < map.cells; c++) for (const id of cellIds(map, c)) chunks.push(reference(index, id, context));
     for (const page of image.pages) chunks.push(reference(index, Buffer.from(page, 'hex'), context));
   }
   if (manifest.memory?.deviceState) chunks.push(reference(index, Buffer.from(manifest.memory.deviceState, 'hex'), `point ${pointId} memory`));
@@ -69,16 +127,33 @@ export async function catalogIndex(repo: Repository): Promise<ChunkIndex> {
 /**
  * The catalog record of a point just committed. `known`: what the backup that wrote it already holds,
  * its extent maps and its index (which has the point's new packs), so that nothing is read again;
- * without it the index is loaded afresh.
+ * without it the index is loaded afresh. An incremental's record carries its delta against the parent
+ * (from `known.parentMaps`, or the parent's maps read again), so that the catalog writes only what
+ * changed; if the parent cannot be read the record goes without (the catalog then diffs it in full).
  */
 export async function committedPointRecord(
   repo: Repository,
   pointId: string,
   manifest: PointManifest,
   targetId: string,
-  known?: { maps: ExtentMap[]; index: ChunkIndex },
+  known?: { maps: ExtentMap[]; index: ChunkIndex; parentMaps?: ExtentMap[] },
 ): Promise<PointRecord> {
-  return pointRecord(repo, pointId, manifest, known?.index ?? (await catalogIndex(repo)), targetId, known?.maps);
+  const index = known?.index ?? (await catalogIndex(repo));
+  const record = await pointRecord(repo, pointId, manifest, index, targetId, known?.maps);
+  if (manifest.parent) {
+    const parentId = manifest.parent;
+    try {
+      const parent = await repo.readManifest(parentId);
+      const parentMaps =
+        known?.parentMaps ??
+        (await Promise.all(pointImages(parent).map(({ label, image }) => repo.readExtentMap(image, index, `point ${parentId} ${label}`))));
+      const maps = known?.maps ?? (await Promise.all(pointImages(manifest).map(({ label, image }) => repo.readExtentMap(image, index, `point ${pointId} ${label}`))));
+      record.delta = { baseId: parentId, changed: chunkDelta({ manifest: parent, maps: parentMaps }, { manifest, maps }) };
+    } catch {
+      // The parent is gone or unreadable: the catalog works the delta out from its own rows.
+    }
+  }
+  return record;
 }
 
 /** Everything a catalog rebuild needs, read from the repository alone. */

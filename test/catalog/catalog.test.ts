@@ -4,7 +4,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import {
+  CATALOG_APPLICATION_ID,
   LATEST_SCHEMA_VERSION,
+  MIGRATIONS,
   compareCatalogs,
   dumpCatalog,
   openCatalog,
@@ -37,6 +39,19 @@ function point(id: string, createdAt: string, chunkNumbers: number[], parentId: 
     disks: [{ name: 'root', sizeBytes: chunkNumbers.length * 65536 }],
     chunks: chunkNumbers.map((n) => chunk(n)),
   };
+}
+
+/** The point with the delta a backup passes: the chunks whose use count differs from its parent's. */
+function withDelta(p: PointRecord, parent: PointRecord): PointRecord {
+  const count = (r: PointRecord) => {
+    const m = new Map<string, number>();
+    for (const c of r.chunks) m.set(c.id, (m.get(c.id) ?? 0) + 1);
+    return m;
+  };
+  const a = count(parent);
+  const b = count(p);
+  const changed = [...new Set([...a.keys(), ...b.keys()])].filter((id) => a.get(id) !== b.get(id));
+  return { ...p, parentId: parent.id, delta: { baseId: parent.id, changed } };
 }
 
 function sourceOf(points: PointRecord[], chunks?: ChunkReference[]): RebuildSource {
@@ -126,6 +141,97 @@ describe('catalog', () => {
     assert.equal(c.getPoint('p2')?.parentId, 'p1', 'the parent is lineage, not a foreign key');
   });
 
+  it('an incremental point writes rows only for the chunks it changed, and every point still lists all its chunks', () => {
+    const c = openHere();
+    c.upsertTarget(TARGET);
+    const cells = Array.from({ length: 2000 }, (_, i) => i);
+    const p1 = point('p1', '2025-01-01T00:00:00.000Z', cells);
+    c.recordPoint(p1);
+    const spans = () => (c.db.prepare('SELECT count(*) FROM chunk_spans').pluck().get() as number);
+    const before = spans();
+    const changedCells = cells.map((n, i) => (i % 100 === 7 ? 5000 + i : n)); // 1% of the cells rewritten
+    const p2 = withDelta(point('p2', '2025-01-02T00:00:00.000Z', changedCells), p1);
+    c.recordPoint(p2);
+    assert.equal(spans() - before, 20, 'one new span per chunk the incremental added; the dropped ones are closed');
+    assert.equal(c.pointChunks('p1').length, 2000);
+    assert.deepEqual(c.pointChunks('p2').map((r) => r.chunkId), [...new Set(changedCells)].map((n) => chunk(n).id).sort());
+    assert.equal(c.getChunk(TARGET.id, chunk(7).id)?.refcount, 1, 'a chunk the incremental dropped is still used by the full point');
+    assert.equal(c.getChunk(TARGET.id, chunk(8).id)?.refcount, 2);
+    assert.equal(c.getChunk(TARGET.id, chunk(5007).id)?.refcount, 1);
+  });
+
+  it('a delta against a point that is not the newest of its lineage is not trusted: the point is diffed in full', async () => {
+    const c = openHere();
+    c.upsertTarget(TARGET);
+    const p1 = point('p1', '2025-01-01T00:00:00.000Z', [1, 2, 3, 4]);
+    const p2 = point('p2', '2025-01-02T00:00:00.000Z', [10, 11, 12]); // a full backup in between
+    const p3 = withDelta(point('p3', '2025-01-03T00:00:00.000Z', [1, 2, 3, 5]), p1); // incremental against p1
+    for (const p of [p1, p2, p3]) c.recordPoint(p);
+    assert.deepEqual(c.pointChunks('p3').map((r) => r.chunkId), ['c0001', 'c0002', 'c0003', 'c0005']);
+    assert.deepEqual(c.pointChunks('p2').map((r) => r.chunkId), ['c0010', 'c0011', 'c0012']);
+
+    // Garbage collection removing a chunk of the newest point (forgotten) makes the next delta untrusted too.
+    c.forgetPoint('p3');
+    c.deleteUnreferencedChunks(TARGET.id, c.unreferencedChunks(TARGET.id).map((ch) => ch.id));
+    const p4 = withDelta(point('p4', '2025-01-04T00:00:00.000Z', [1, 2, 3, 6]), p3);
+    c.recordPoint(p4);
+    assert.deepEqual(c.pointChunks('p4').map((r) => r.chunkId), ['c0001', 'c0002', 'c0003', 'c0006']);
+
+    const rebuilt = openHere('rebuilt.db');
+    await rebuildCatalog(rebuilt, sourceOf([p1, p2, p4]));
+    assert.deepEqual(compareCatalogs(c, rebuilt), []);
+  });
+
+  it('a catalog of schema version 1 is migrated: its points, chunk lists and reference counts are kept', () => {
+    const path = join(dir, 'v1.db');
+    const v1 = new Database(path);
+    v1.pragma(`application_id = ${CATALOG_APPLICATION_ID}`);
+    v1.exec('CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)');
+    v1.exec(MIGRATIONS[0].sql);
+    v1.prepare("INSERT INTO schema_migrations VALUES (1, 'initial', '2025-01-01T00:00:00.000Z')").run();
+    v1.prepare("INSERT INTO targets VALUES (?, 'local', ?, NULL, '2025-01-01T00:00:00.000Z')").run(TARGET.id, TARGET.location);
+    v1.prepare("INSERT INTO vms VALUES ('vm-web', 'web server', NULL, '2025-01-01T00:00:00.000Z')").run();
+    const v1Points: [string, string, Record<number, number>][] = [
+      ['p1', '2025-01-01T00:00:00.000Z', { 1: 1, 2: 3, 3: 1 }],
+      ['p2', '2025-01-02T00:00:00.000Z', { 2: 3, 3: 2, 4: 1 }],
+      ['p3', '2025-01-03T00:00:00.000Z', { 1: 1, 4: 1 }],
+    ];
+    const refcounts = new Map<number, number>([[9, 0]]);
+    for (const [id, at, uses] of v1Points) {
+      v1.prepare("INSERT INTO recovery_points VALUES (?, 'vm-web', ?, NULL, 'crash', ?, 1, 1, 'complete', 0)").run(id, TARGET.id, at);
+      for (const n of Object.keys(uses).map(Number)) refcounts.set(n, (refcounts.get(n) ?? 0) + 1);
+    }
+    for (const [n, refcount] of refcounts) {
+      const ch = chunk(n);
+      v1.prepare('INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?)').run(TARGET.id, ch.id, ch.size, ch.storedSize, ch.pack, refcount);
+    }
+    for (const [id, , uses] of v1Points) {
+      for (const [n, u] of Object.entries(uses)) v1.prepare('INSERT INTO point_chunks VALUES (?, ?, ?, ?)').run(id, TARGET.id, chunk(Number(n)).id, u);
+    }
+    v1.close();
+
+    const c = openCatalog(path);
+    open.push(c);
+    assert.equal(c.schemaVersion(), LATEST_SCHEMA_VERSION);
+    assert.deepEqual(c.listPoints().map((p) => p.id), ['p1', 'p2', 'p3']);
+    for (const [id, , uses] of v1Points) {
+      assert.deepEqual(
+        c.pointChunks(id).map((r) => [r.chunkId, r.uses]),
+        Object.entries(uses).map(([n, u]) => [chunk(Number(n)).id, u]),
+        `chunks of ${id}`,
+      );
+    }
+    assert.deepEqual(
+      c.listChunks(TARGET.id).map((ch) => [ch.id, ch.refcount, ch.pack]),
+      [...refcounts].sort((a, b) => a[0] - b[0]).map(([n, r]) => [chunk(n).id, r, chunk(n).pack]),
+    );
+    // And it goes on from there: an incremental of p3 is recorded as a delta on the migrated spans.
+    c.recordPoint(withDelta(point('p4', '2025-01-04T00:00:00.000Z', [1, 4, 5]), point('p3', '2025-01-03T00:00:00.000Z', [1, 4])));
+    assert.deepEqual(c.pointChunks('p4').map((r) => r.chunkId), ['c0001', 'c0004', 'c0005']);
+    assert.equal(c.forgetPoint('p1'), 0);
+    assert.equal(c.forgetPoint('p2'), 2, 'chunks 2 and 3 are used by no point left');
+  });
+
   it('a point is recorded whole or not at all', () => {
     const c = openHere();
     c.upsertTarget(TARGET);
@@ -146,7 +252,7 @@ describe('catalog', () => {
       point('p3', '2025-01-03T00:00:00.000Z', [6, 2, 5, 7], 'p2'),
       point('p4', '2025-01-04T00:00:00.000Z', [8, 9, 5, 7], 'p3'),
     ];
-    for (const p of points) original.recordPoint(p);
+    points.forEach((p, i) => original.recordPoint(i === 0 ? p : withDelta(p, points[i - 1]))); // as backup records them
     original.forgetPoint('p1'); // retention
     const gcDeleted = original.unreferencedChunks(TARGET.id).map((ch) => ch.id);
     original.deleteUnreferencedChunks(TARGET.id, gcDeleted); // garbage collection
@@ -161,7 +267,7 @@ describe('catalog', () => {
     assert.ok(dumpCatalog(rebuilt).tables.chunks.length > 0);
 
     // A catalog whose counts drifted (bug, hand edit) is repaired by rebuilding it in place.
-    original.db.prepare("UPDATE chunks SET refcount = 7 WHERE id = 'c0005'").run();
+    original.db.prepare("DELETE FROM chunk_spans WHERE chunk_id = 'c0005'").run();
     assert.notDeepEqual(compareCatalogs(original, rebuilt), []);
     await rebuildCatalog(original, sourceOf(points.slice(1)));
     assert.deepEqual(compareCatalogs(original, rebuilt), []);
