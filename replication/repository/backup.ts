@@ -16,6 +16,7 @@ import { ExtentMapBuilder, encodeMapPages, type ExtentMap } from './extent-map.j
 import { InputError, PointNotFoundError, RepositoryError } from './errors.js';
 import { Lease } from './leases.js';
 import {
+  imageMapKey,
   newManifest,
   type Consistency,
   type DiskEntry,
@@ -51,6 +52,13 @@ export interface BackupOptions {
   onProgress?: (p: BackupProgress) => void;
   leaseTtlMs?: number;
   workers?: number;
+  /**
+   * Chunk workers already started without keys (new ChunkWorkers(undefined, null,
+   * earlyWorkerCount(workers))), e.g. while the repository was being opened; the backup configures
+   * them, adds its last lane (see LOCAL_LANE_MAX_BYTES) and closes them when it ends. Without it, the
+   * backup starts them itself. Either way `workers` (default: one per core) is the number of lanes.
+   */
+  workerPool?: ChunkWorkers;
 }
 
 export interface BackupProgress {
@@ -88,6 +96,8 @@ export interface BackupResult {
    * a pack that is present and not condemned (what the catalog records, see catalog-source.ts).
    */
   index: ChunkIndex;
+  /** The parent's extent maps this backup read, by `imageMapKey` of the parent's image. */
+  parentMaps: Map<string, ExtentMap>;
 }
 
 /** LIFEBOAT_TRACE=1: each phase of a backup on stderr, in ms since the backup began (for profiling). */
@@ -100,6 +110,18 @@ function tracer(started: number): (phase: string) => void {
 const BATCH_BYTES = 4 * 1024 * 1024;
 /** Room beyond the pack size in a reused pack buffer: the last blob, the pack index and the trailer. */
 const PACK_BODY_SLACK = 2 * 1024 * 1024;
+/**
+ * Up to this many bytes to read, this thread hashes and seals batches itself instead of starting its
+ * last worker: an incremental of a few percent of a disk is done before a worker would have loaded
+ * (measured: docs/benchmarks.md, "Repository (issue 5)").
+ */
+const LOCAL_LANE_MAX_BYTES = 256 * 1024 * 1024;
+
+/** Workers a backup with `lanes` lanes starts before it knows how much it will read. */
+export function earlyWorkerCount(lanes: number): number {
+  return Math.max(1, lanes - 1);
+}
+
 /** Packs uploading at once. */
 const UPLOAD_CONCURRENCY = 3;
 const PROGRESS_INTERVAL_MS = 200;
@@ -130,8 +152,9 @@ interface ImagePlan {
   /** Filled while reading: per piece, the id of the chunk holding it (the zero id: all zero) and where in it. */
   pieceIds: Buffer;
   pieceOffsets: Uint32Array;
-  /** The parent's extents (for Copy and Splice cells). */
+  /** The parent's extents (for Copy and Splice cells), and the parent image they map. */
   parentMap: ExtentMap | null;
+  parentImage: ImageEntry | null;
   /** The new point's extents, assembled once every piece is read. */
   map: ExtentMap | null;
   trackingEpoch: string | null;
@@ -173,8 +196,9 @@ class BackupRun {
     private readonly repo: Repository,
     private readonly index: ChunkIndex,
     private readonly options: BackupOptions,
+    workers: ChunkWorkers,
   ) {
-    this.workers = new ChunkWorkers(repo.keys, repo.compressionQuality, options.workers ?? defaultWorkerCount());
+    this.workers = workers;
     this.dataPack = new PackBuilder();
     this.metaPack = new PackBuilder();
   }
@@ -355,10 +379,16 @@ class BackupRun {
     this.checkFailure();
   }
 
+  /** Starts writing the last data pack (its upload runs while the maps are assembled). */
+  async flushData(): Promise<void> {
+    const last = this.dataPack;
+    this.dataPack = new PackBuilder();
+    await this.flush(last);
+  }
+
   /** Flushes the last packs and waits until every pack of this run is durable. */
   async finishPacks(): Promise<void> {
-    await this.flush(this.dataPack);
-    this.dataPack = new PackBuilder();
+    await this.flushData();
     await this.flush(this.metaPack);
     this.metaPack = new PackBuilder();
     await Promise.all([...this.uploading]);
@@ -461,7 +491,9 @@ function splicedCount(parent: ExtentMap, c: number, runs: [number, number][], ch
 
 /** A cell's extents in the parent all have their blob in the index (zeros need none). */
 function cellReusable(parent: ExtentMap, c: number, index: ChunkIndex): boolean {
-  for (let k = parent.cellFirst[c]; k < parent.cellFirst[c + 1]; k++) if (!parent.isZero(k) && !index.has(parent.id(k))) return false;
+  for (let k = parent.cellFirst[c]; k < parent.cellFirst[c + 1]; k++) {
+    if (!parent.isZero(k) && !index.hasAt(parent.records, parent.idAt(k))) return false;
+  }
   return true;
 }
 
@@ -506,6 +538,7 @@ async function planImage(
     pieceIds: Buffer.alloc(0),
     pieceOffsets: new Uint32Array(0),
     parentMap: null,
+    parentImage: null,
     map: null,
     trackingEpoch: bitmap?.epoch ?? null,
     note: null,
@@ -537,6 +570,7 @@ async function planImage(
   plan.mode = 'bitmap';
   const parent = await repo.readExtentMap(parentImage, index, parentContext);
   plan.parentMap = parent;
+  plan.parentImage = parentImage;
   const dirty = new Uint8Array(cells);
   markDirtyChunks(bitmap, cs, dirty);
   // A resized disk: every cell from the first one whose extent changed is read whole.
@@ -617,16 +651,21 @@ function assembleMap(plan: ImagePlan, chunkSize: number): ExtentMap {
  * backup's lease dead (refreshes failing for a whole lease period) could have removed one.
  */
 async function checkPacksStillThere(repo: Repository, index: ChunkIndex, plans: ImagePlan[], images: ImageEntry[], extra: string[]): Promise<void> {
+  const listing = repo.listPacks();
+  listing.catch(() => undefined); // awaited below; a failure is reported there
   const needed = new Set<string>();
-  const need = (id: Buffer) => {
-    const pack = index.packOf(id);
-    if (!pack) throw new RepositoryError(`internal: chunk ${id.toString('hex')} of this backup is in no pack`);
+  const need = (bytes: Uint8Array, at: number) => {
+    const pack = index.packOfAt(bytes, at);
+    if (!pack) throw new RepositoryError(`internal: chunk ${Buffer.from(bytes.subarray(at, at + CHUNK_ID_BYTES)).toString('hex')} of this backup is in no pack`);
     needed.add(pack);
   };
-  for (const p of plans) for (const { id } of p.map!.dataExtents()) need(id);
-  for (const img of images) for (const page of img.pages) need(Buffer.from(page, 'hex'));
-  for (const id of extra) need(Buffer.from(id, 'hex'));
-  const present = await repo.listPacks();
+  for (const p of plans) {
+    const map = p.map!;
+    for (let k = 0; k < map.count; k++) if (!map.isZero(k)) need(map.records, map.idAt(k));
+  }
+  for (const img of images) for (const page of img.pages) need(Buffer.from(page, 'hex'), 0);
+  for (const id of extra) need(Buffer.from(id, 'hex'), 0);
+  const present = await listing;
   for (const packId of needed) {
     if (!present.has(packId)) {
       throw new RepositoryError(`pack ${packId}, which this backup uses, was deleted while it ran (its lease had lapsed); run the backup again`);
@@ -653,11 +692,17 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
   validateOptions(options);
   const started = Date.now();
   const trace = tracer(started);
-  const lease = await Lease.acquire(repo.target, 'backup', options.leaseTtlMs);
-  trace('lease created');
+  // Workers start now (or started before the repository was opened): a thread takes ~100 ms of CPU to
+  // load its code, which runs beside the index load and the plan instead of after them. All but one
+  // start early; the last becomes a worker or, for a small job, this thread (see planned below).
+  const lanes = options.workers ?? defaultWorkerCount();
+  const workers = (options.workerPool ?? new ChunkWorkers(undefined, null, earlyWorkerCount(lanes))).configure(repo.keys, repo.compressionQuality);
   const plans: ImagePlan[] = [];
   let run: BackupRun | null = null;
+  let lease: Lease | null = null;
   try {
+    lease = await Lease.acquire(repo.target, 'backup', options.leaseTtlMs);
+    trace('lease created');
     // The condemned record is read after the lease exists (see gc.ts): chunks in condemned packs are
     // never reused, and packs that are missing or the wrong size are left out of the index.
     const condemned = await readCondemned(repo.target);
@@ -675,9 +720,12 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       plans.push(await planImage(repo, index, 'memory', options.memory, parent?.manifest.memory ?? null, `parent point ${parent?.id} memory`));
     }
 
-    trace('planned');
-    run = new BackupRun(repo, index, options);
-    run.bytesTotal = plans.reduce((a, p) => a + bytesToRead(p), 0);
+    const bytesTotal = plans.reduce((a, p) => a + bytesToRead(p), 0);
+    if (bytesTotal <= LOCAL_LANE_MAX_BYTES && lanes > workers.size) workers.addLocalLane();
+    else workers.grow(lanes);
+    trace(`planned (${workers.size} lanes)`);
+    run = new BackupRun(repo, index, options, workers);
+    run.bytesTotal = bytesTotal;
     for (const p of plans) {
       // Extents taken from the parent count as reused (or zero).
       if (!p.parentMap) continue;
@@ -690,11 +738,14 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       }
     }
     await run.readImages(plans);
+    await run.flushData();
     trace('images read');
 
     const images: ImageEntry[] = [];
+    const parentMaps = new Map<string, ExtentMap>();
     for (const p of plans) {
       p.map = assembleMap(p, repo.chunkSize);
+      if (p.parentMap && p.parentImage) parentMaps.set(imageMapKey(p.parentImage), p.parentMap);
       p.parentMap = null;
       const pages: string[] = [];
       for (const page of encodeMapPages(p.map, MAP_PAGE_CELLS)) pages.push(await run.addMeta(page, BlobType.MapPage));
@@ -752,13 +803,15 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       images: plans.map((p) => ({ label: p.label, mode: p.mode, chunks: p.cells, chunksRead: p.piecePos.length, ...(p.note ? { note: p.note } : {}) })),
       maps: plans.map((p) => p.map!),
       index,
+      parentMaps,
     };
   } catch (err) {
     if (err instanceof PointNotFoundError) throw new InputError(`parent ${err.message}`);
     throw err;
   } finally {
     await run?.close();
+    await workers.close();
     await Promise.all(plans.map((p) => p.file.close().catch(() => undefined)));
-    await lease.release().catch(() => undefined);
+    await lease?.release().catch(() => undefined);
   }
 }

@@ -8,7 +8,7 @@ import { readCondemned } from './condemned.js';
 import type { ExtentMap } from './extent-map.js';
 import { MAP_EXTENT } from './layout.js';
 import { MissingObjectError } from './errors.js';
-import { pointImages, type PointManifest } from './manifest.js';
+import { imageMapKey, pointImages, type PointManifest } from './manifest.js';
 import type { Repository } from './repository.js';
 
 function reference(index: ChunkIndex, id: Buffer, context: string): ChunkReference {
@@ -136,7 +136,7 @@ export async function committedPointRecord(
   pointId: string,
   manifest: PointManifest,
   targetId: string,
-  known?: { maps: ExtentMap[]; index: ChunkIndex; parentMaps?: ExtentMap[] },
+  known?: { maps: ExtentMap[]; index: ChunkIndex; parentMaps?: ReadonlyMap<string, ExtentMap> },
 ): Promise<PointRecord> {
   const index = known?.index ?? (await catalogIndex(repo));
   const record = await pointRecord(repo, pointId, manifest, index, targetId, known?.maps);
@@ -144,9 +144,9 @@ export async function committedPointRecord(
     const parentId = manifest.parent;
     try {
       const parent = await repo.readManifest(parentId);
-      const parentMaps =
-        known?.parentMaps ??
-        (await Promise.all(pointImages(parent).map(({ label, image }) => repo.readExtentMap(image, index, `point ${parentId} ${label}`))));
+      const parentMaps = await Promise.all(
+        pointImages(parent).map(({ label, image }) => known?.parentMaps?.get(imageMapKey(image)) ?? repo.readExtentMap(image, index, `point ${parentId} ${label}`)),
+      );
       const maps = known?.maps ?? (await Promise.all(pointImages(manifest).map(({ label, image }) => repo.readExtentMap(image, index, `point ${pointId} ${label}`))));
       record.delta = { baseId: parentId, changed: chunkDelta({ manifest: parent, maps: parentMaps }, { manifest, maps }) };
     } catch {

@@ -162,6 +162,17 @@ export class ChunkIndex {
     return this.slot(id) >= 0;
   }
 
+  /** has() for the id at bytes[at..at+32) (an extent map's records, say), without a view per lookup. */
+  hasAt(bytes: Uint8Array, at: number): boolean {
+    return this.table[this.probe(bytes, at)] !== EMPTY;
+  }
+
+  /** packOf() for the id at bytes[at..at+32). */
+  packOfAt(bytes: Uint8Array, at: number): string | undefined {
+    const s = this.table[this.probe(bytes, at)];
+    return s === EMPTY ? undefined : this.packIds[this.pack[s]];
+  }
+
   /** The pack holding a blob (the one get() would name), without building a location. */
   packOf(id: Uint8Array): string | undefined {
     const s = this.slot(id);

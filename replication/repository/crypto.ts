@@ -2,7 +2,7 @@
 // addresses), and AES-256-GCM sealing of stored objects. An unencrypted repository uses plain SHA-256
 // ids and stores objects as they are.
 
-import { createCipheriv, createDecipheriv, createHash, createHmac, hkdfSync, randomBytes } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createHash, createHmac, hkdfSync, randomFillSync } from 'node:crypto';
 import {
   AES_KEY_BYTES,
   GCM_NONCE_BYTES,
@@ -46,16 +46,21 @@ export function chunkId(data: Uint8Array, idKey: Buffer | null): Buffer {
 
 /** nonce (12) || AES-256-GCM ciphertext || tag (16). */
 export function seal(plain: Uint8Array, key: Buffer, aad: Uint8Array): Buffer {
-  const nonce = randomBytes(GCM_NONCE_BYTES);
-  const cipher = createCipheriv('aes-256-gcm', key, nonce);
-  cipher.setAAD(aad);
   const out = Buffer.allocUnsafe(plain.length + SEAL_OVERHEAD);
-  nonce.copy(out, 0);
-  let p = GCM_NONCE_BYTES;
+  sealInto(plain, key, aad, out, 0);
+  return out;
+}
+
+/** seal() into out at `at` (plain.length + SEAL_OVERHEAD bytes); returns the bytes written. */
+export function sealInto(plain: Uint8Array, key: Buffer, aad: Uint8Array, out: Buffer, at: number): number {
+  randomFillSync(out, at, GCM_NONCE_BYTES);
+  const cipher = createCipheriv('aes-256-gcm', key, out.subarray(at, at + GCM_NONCE_BYTES));
+  cipher.setAAD(aad);
+  let p = at + GCM_NONCE_BYTES;
   p += cipher.update(plain).copy(out, p);
   p += cipher.final().copy(out, p);
-  cipher.getAuthTag().copy(out, p);
-  return out;
+  p += cipher.getAuthTag().copy(out, p);
+  return p - at;
 }
 
 export function open(stored: Uint8Array, key: Buffer, aad: Uint8Array): Buffer {
@@ -85,6 +90,17 @@ export class Sealer {
 
   seal(plain: Uint8Array, aad: Uint8Array): Buffer {
     return this.keys ? seal(plain, this.keys.dataKey, aad) : Buffer.from(plain.buffer, plain.byteOffset, plain.length);
+  }
+
+  /** The stored form of plain written into out at `at` (storedLength(plain.length) bytes); returns its length. */
+  sealInto(plain: Uint8Array, aad: Uint8Array, out: Buffer, at: number): number {
+    if (this.keys) return sealInto(plain, this.keys.dataKey, aad, out, at);
+    out.set(plain, at);
+    return plain.length;
+  }
+
+  storedLength(plainLength: number): number {
+    return plainLength + (this.keys ? SEAL_OVERHEAD : 0);
   }
 
   open(stored: Uint8Array, aad: Uint8Array): Buffer {

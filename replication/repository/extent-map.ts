@@ -55,6 +55,11 @@ export class ExtentMap {
     return this.records.subarray(k * E.size + E.id, k * E.size + E.id + CHUNK_ID_BYTES);
   }
 
+  /** Where extent k's blob id starts in records (for lookups that take bytes and an offset). */
+  idAt(k: number): number {
+    return k * E.size + E.id;
+  }
+
   isZero(k: number): boolean {
     return zeroAt(this.records, k * E.size + E.id);
   }
@@ -246,15 +251,18 @@ export function decodeExtentMap(pages: Buffer[], image: ExtentMapShape, pageCell
   pages.forEach((page, i) => {
     if (page.length % E.size !== 0) throw new FormatError(`map page ${i} holds ${page.length} bytes, not a whole number of ${E.size}-byte extents`);
     page.copy(records, k * E.size);
+    // The message is built only for a bad extent (a map has tens of thousands of good ones).
+    const bad = (problem: string): never => {
+      throw new FormatError(`map page ${i}: the extent at image offset ${pos} ${problem}`);
+    };
     const end = Math.min(image.size, Math.min(cells, (i + 1) * pageCells) * image.chunkSize);
     for (let p = 0; p < page.length; p += E.size, k++) {
       const offset = page.readUInt32LE(p + E.offset);
       const length = page.readUInt32LE(p + E.length);
-      const where = `map page ${i}: the extent at image offset ${pos}`;
-      if (length === 0) throw new FormatError(`${where} is empty`);
-      if (pos + length > end) throw new FormatError(`${where} runs past the page's last byte (${end})`);
-      if (pos + length > cellEnd) throw new FormatError(`${where} (${length} bytes) crosses the chunk-grid boundary at ${cellEnd}`);
-      if (offset !== 0 && zeroAt(page, p + E.id)) throw new FormatError(`${where} is zeros but has blob offset ${offset}`);
+      if (length === 0) bad('is empty');
+      if (pos + length > end) bad(`runs past the page's last byte (${end})`);
+      if (pos + length > cellEnd) bad(`(${length} bytes) crosses the chunk-grid boundary at ${cellEnd}`);
+      if (offset !== 0 && zeroAt(page, p + E.id)) bad(`is zeros but has blob offset ${offset}`);
       offsets[k] = offset;
       lengths[k] = length;
       positions[k] = pos;

@@ -147,6 +147,11 @@ export function decodeManifest(stored: Buffer, pointId: string, sealer: Sealer, 
 }
 
 /** Every image of a point, with the label restore and verify use for it. */
+/** Identifies an image's extent map by its map pages (content addressed): equal keys, equal maps. */
+export function imageMapKey(image: ImageEntry): string {
+  return image.pages.join(',');
+}
+
 export function pointImages(m: PointManifest): { label: string; image: ImageEntry }[] {
   const out: { label: string; image: ImageEntry }[] = m.disks.map((d) => ({ label: `disk ${d.name}`, image: d }));
   if (m.memory) out.push({ label: 'memory', image: m.memory });

@@ -1,13 +1,16 @@
 // A small pool of chunk workers (one per core, chunk-worker.ts): backup and restore hand them batches so
 // that reading, hashing, compression, AES-GCM and writing run in parallel while the main thread talks to
-// the target and lays out packs.
+// the target and lays out packs. A pool may also run requests on the calling thread (a local lane),
+// for jobs too small to repay starting another worker.
 
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
+import { chunkWork } from './chunk-worker.js';
 import { CHUNK_ID_BYTES, type BlobType } from './constants.js';
 import type { WorkingKeys } from './crypto.js';
 
 export interface WorkerData {
+  role: 'chunk-worker';
   dataKey: Uint8Array | null;
   idKey: Uint8Array | null;
   quality: number | null;
@@ -24,6 +27,8 @@ export interface DecodeBlobRequest {
 }
 
 export type WorkerRequest =
+  /** The keys and compression for the requests that follow (a pool started before the repository was open). */
+  | { task: number; op: 'configure'; config: WorkerData }
   /**
    * Read `runs` of the image (back to back they are the pieces, `lengths`), and cut the pieces into
    * chunks: a piece with `joinable` set joins the previous one's chunk while that stays within
@@ -37,6 +42,7 @@ export type WorkerRequest =
   | { task: number; op: 'decode'; data: ArrayBuffer; blobs: DecodeBlobRequest[]; fd?: number; writes?: number[][]; checkId?: boolean };
 
 export type WorkerReply =
+  | { task: number; op: 'configure' }
   | { task: number; op: 'read-hash'; ids: ArrayBuffer; chunkLengths: Uint32Array; pieceChunk: Int32Array; pieceOffset: Uint32Array }
   | { task: number; op: 'encode'; stored: ArrayBuffer; lengths: Uint32Array; crc32: Uint32Array; compression: Uint8Array }
   | { task: number; op: 'release' }
@@ -70,6 +76,10 @@ export interface DecodeResult {
   bytesWritten: number;
 }
 
+function workerConfig(keys: WorkingKeys | null, quality: number | null): WorkerData {
+  return { role: 'chunk-worker', dataKey: keys ? new Uint8Array(keys.dataKey) : null, idKey: keys ? new Uint8Array(keys.idKey) : null, quality };
+}
+
 export function defaultWorkerCount(): number {
   return Math.max(1, Math.min(8, availableParallelism()));
 }
@@ -89,13 +99,26 @@ export class ChunkWorkers {
   private nextTask = 1;
   private failure: Error | null = null;
 
-  constructor(keys: WorkingKeys | null, quality: number | null, count = defaultWorkerCount()) {
-    const workerData: WorkerData = {
-      dataKey: keys ? new Uint8Array(keys.dataKey) : null,
-      idKey: keys ? new Uint8Array(keys.idKey) : null,
-      quality,
-    };
-    for (let i = 0; i < count; i++) {
+  private closed: Promise<void> | null = null;
+  private config: WorkerData;
+  /** The local lane (see addLocalLane): requests to lane workers.length run on this thread. */
+  private local: ReturnType<typeof chunkWork> | null = null;
+
+  /**
+   * Starts `count` workers. Without keys (undefined) they only load their code: configure() gives them
+   * the repository's keys later, so that a command can start them while it opens the repository (a
+   * worker takes ~100 ms to start, scrypt of a passphrase as long, and both run beside the main thread).
+   */
+  constructor(keys: WorkingKeys | null | undefined, quality: number | null, count = defaultWorkerCount()) {
+    this.config = workerConfig(keys ?? null, quality);
+    this.grow(count);
+  }
+
+  /** Starts more workers, up to `count` in all (a local lane not counted). */
+  grow(count: number): void {
+    const workerData = this.config;
+    if (this.local && this.workers.length < count) throw new Error('internal: a pool with a local lane does not grow');
+    while (this.workers.length < count) {
       const w = new Worker(new URL('./chunk-worker.js', import.meta.url), { workerData });
       w.on('message', (reply: WorkerReply) => this.settle(reply));
       w.on('error', (err) => this.fail(err));
@@ -107,8 +130,28 @@ export class ChunkWorkers {
     }
   }
 
+  /**
+   * Makes the calling thread one more lane: its share of requests runs here, between other events.
+   * For small jobs on few cores this beats starting another worker (~100 ms of CPU to load its code).
+   */
+  addLocalLane(): void {
+    if (this.local) return;
+    this.local = chunkWork(this.config);
+    this.outstanding.push(0);
+  }
+
+  /** Sets the keys and compression for every later request (messages to a worker arrive in order). */
+  configure(keys: WorkingKeys | null, quality: number | null): this {
+    const config = workerConfig(keys, quality);
+    this.config = config;
+    for (let w = 0; w < this.size; w++) {
+      this.submit(w, { op: 'configure', config }).reply.catch(() => undefined);
+    }
+    return this;
+  }
+
   get size(): number {
-    return this.workers.length;
+    return this.workers.length + (this.local ? 1 : 0);
   }
 
   private fail(err: Error): void {
@@ -128,7 +171,7 @@ export class ChunkWorkers {
 
   private leastBusy(): number {
     let w = 0;
-    for (let i = 1; i < this.workers.length; i++) if (this.outstanding[i] < this.outstanding[w]) w = i;
+    for (let i = 1; i < this.size; i++) if (this.outstanding[i] < this.outstanding[w]) w = i;
     return w;
   }
 
@@ -138,7 +181,19 @@ export class ChunkWorkers {
     this.outstanding[worker]++;
     const reply = new Promise<WorkerReply>((resolve, reject) => {
       this.pending.set(task, { resolve, reject, worker });
-      this.workers[worker].postMessage({ ...req, task }, transfer);
+      const message = { ...req, task } as WorkerRequest;
+      const local = this.local;
+      if (worker < this.workers.length || !local) {
+        this.workers[worker].postMessage(message, transfer);
+        return;
+      }
+      setImmediate(() => {
+        try {
+          this.settle(local(message).reply);
+        } catch (err) {
+          this.settle({ task, op: 'error', message: err instanceof Error ? err.message : String(err) });
+        }
+      });
     });
     return { task, reply };
   }
@@ -191,6 +246,7 @@ export class ChunkWorkers {
   }
 
   async close(): Promise<void> {
-    await Promise.all(this.workers.map((w) => w.terminate()));
+    this.closed ??= Promise.all(this.workers.map((w) => w.terminate())).then(() => undefined);
+    await this.closed;
   }
 }

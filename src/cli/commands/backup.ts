@@ -4,8 +4,9 @@ import { readFileSync } from 'node:fs';
 import { basename } from 'node:path';
 import type { Command } from '../command.js';
 import { UsageError, UserError } from '../command.js';
-import { backup, type BackupDiskInput, type BackupResult } from '../../../replication/repository/backup.js';
+import { backup, earlyWorkerCount, type BackupDiskInput, type BackupResult } from '../../../replication/repository/backup.js';
 import { decodeChangeBitmap, type ChangeBitmap } from '../../../replication/repository/change-bitmap.js';
+import { ChunkWorkers, defaultWorkerCount } from '../../../replication/repository/worker-pool.js';
 import { committedPointRecord } from '../../../replication/repository/catalog-source.js';
 import { CONSISTENCY_KINDS, type Consistency } from '../../../replication/repository/manifest.js';
 import { CATALOG_HELP, CATALOG_OPTIONS } from '../catalog-location.js';
@@ -142,12 +143,15 @@ export const backupCommand: Command = {
     const spec = targetSpec(values);
     const progress = new ProgressLine('backup');
     const catalog = CatalogRecorder.open(values, 'backup');
+    // The chunk workers load their code while the repository opens (scrypt of a passphrase, ~0.1 s).
+    const workerPool = new ChunkWorkers(undefined, null, earlyWorkerCount(workers ?? defaultWorkerCount()));
     let result: BackupResult;
     try {
       result = await withRepository(values, async (repo) => {
         trace('repository open');
         const target = catalogTarget(spec, repo.id);
         catalog.startJob({ kind: 'backup', target, vmId: vmName });
+        trace('catalog job started');
         const point = await catalog.track(() =>
           backup(repo, {
             vm: { name: vmName },
@@ -160,6 +164,7 @@ export const backupCommand: Command = {
               catalog.setProgress(p.bytesDone, p.bytesTotal);
               progress.update(p.bytesDone, p.bytesTotal, `added ${formatBytes(p.bytesAdded)}`);
             },
+            workerPool,
             ...(workers ? { workers } : {}),
           }),
         );
@@ -168,7 +173,7 @@ export const backupCommand: Command = {
         catalog.setProgress(point.bytesRead, point.bytesRead);
         await catalog.update(
           async () => {
-            const record = await committedPointRecord(repo, point.pointId, point.manifest, target.id, { maps: point.maps, index: point.index });
+            const record = await committedPointRecord(repo, point.pointId, point.manifest, target.id, { maps: point.maps, index: point.index, parentMaps: point.parentMaps });
             trace(`catalog record of ${record.chunks.length} chunk references built`);
             return record;
           },
@@ -199,6 +204,8 @@ export const backupCommand: Command = {
     } catch (err) {
       catalog.close();
       throw err;
+    } finally {
+      await workerPool.close();
     }
     const stored = `point ${result.pointId} is stored`;
 
