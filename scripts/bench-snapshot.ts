@@ -156,20 +156,21 @@ async function ours(dir: string, mem: number, vcpus: number, dirtyPages: number)
       await restored.kill();
     }
     await settle();
-    return { ...cold, ...await oursWarm(dir, vcpus) };
+    return { ...cold, ...await oursWarm(dir, vcpus, mem) };
   } finally {
     await vm.kill();
   }
 }
 
 /**
- * Warm standby: `lifeboat vm standby` started and warm (its vCPU workers loaded), then the time from
+ * Warm standby: `lifeboat vm standby --mem` started and warm (its vCPU workers loaded, its KVM VM made), then the time from
  * writing the `restore` request on its control socket to reading its answer, which the standby sends
  * once the restored vCPUs run (its `restoreMs` is the same measured inside it).
  */
-async function oursWarm(dir: string, vcpus: number): Promise<{ warmMs: number; warmVmmMs: number }> {
+async function oursWarm(dir: string, vcpus: number, mem: number): Promise<{ warmMs: number; warmVmmMs: number }> {
   const sock = join(dir, 'standby.sock');
-  const standby = new Proc(process.execPath, [MAIN, 'vm', 'standby', '--api-sock', sock, '--vcpus', String(vcpus)], vmmEnv());
+  // A DR site's standby knows the size of the VM it stands by for: --mem has it make that VM ahead.
+  const standby = new Proc(process.execPath, [MAIN, 'vm', 'standby', '--api-sock', sock, '--vcpus', String(vcpus), '--mem', String(mem)], vmmEnv());
   try {
     await standby.until(() => /ready on .* waiting for a restore request/.test(standby.err), 'standby ready');
     await settle();
@@ -259,7 +260,14 @@ async function qemuWarm(dir: string, base: string[], file: string): Promise<numb
       if (vm.child.exitCode !== null) throw new Error(`QEMU -incoming defer exited: ${vm.err}`);
       await new Promise((r) => setTimeout(r, 5));
     }
-    const session = await QmpSession.open(sock);
+    // The socket file exists from bind(); QEMU listens a moment later (ECONNREFUSED until then).
+    let session: QmpSession | undefined;
+    for (let tries = 0; !session; tries++) {
+      session = await QmpSession.open(sock).catch((err: NodeJS.ErrnoException) => {
+        if (err.code !== 'ECONNREFUSED' || tries >= 200) throw err;
+        return new Promise<undefined>((r) => setTimeout(() => r(undefined), 10));
+      });
+    }
     try {
       await settle();
       const t0 = performance.now();

@@ -1,7 +1,7 @@
 // The guest console as the VMM process sees it. vCPU workers write transmitted serial bytes into a
 // pipe; the main thread drains it here and fans the bytes out to sinks (the terminal, --console-log)
 // and listeners (boot detection, tests). Input goes the other way, into the serial FIFO.
-import { Socket } from 'node:net';
+import { Socket, type OnReadOpts, type SocketConstructorOpts } from 'node:net';
 import type { Serial } from './devices/serial.js';
 import * as libc from './sys/libc.js';
 
@@ -9,6 +9,13 @@ export type ConsoleListener = (chunk: Buffer) => void;
 
 const LAST_LINE_MAX = 200;
 const INPUT_RETRY_MS = 2;
+/**
+ * After each read, the pipe is left alone this long: a guest prints one byte per exit, and reading each
+ * as it comes costs the main thread a wake-up, a read and a write to the terminal per byte, CPU the
+ * vCPU threads need while the guest boots. Output reaches the sinks at most this much later.
+ */
+const READ_BATCH_MS = 1;
+const READ_BUFFER_BYTES = 64 * 1024;
 
 export class GuestConsole {
   /** The pipe end the serial device writes to. */
@@ -24,16 +31,36 @@ export class GuestConsole {
   private pendingInput: Buffer[] = [];
   private inputTimer: NodeJS.Timeout | undefined;
   private serial: Serial | undefined;
+  private batchTimer: NodeJS.Timeout | undefined;
+  private closing = false;
 
   constructor(private readonly sinks: Array<(chunk: Buffer) => void>) {
     [this.readFd, this.writeFd] = libc.pipe();
-    this.socket = new Socket({ fd: this.readFd, readable: true, writable: false });
-    this.socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    // `onread`: pause() then stops reading the pipe (readStop) instead of buffering each byte as it comes.
+    const readBuffer = Buffer.alloc(READ_BUFFER_BYTES);
+    // Node 20 takes `onread` in the constructor too; @types/node declares it for connect() only.
+    const options: SocketConstructorOpts & { onread: OnReadOpts } = {
+      fd: this.readFd, readable: true, writable: false,
+      onread: { buffer: readBuffer, callback: (n: number, buf: Uint8Array) => this.onRead(Buffer.from(buf.subarray(0, n))) },
+    };
+    this.socket = new Socket(options);
     this.ended = new Promise((resolve) => {
       this.socket.once('end', resolve);
       this.socket.once('close', resolve);
       this.socket.once('error', resolve);
     });
+  }
+
+  /** Returns true: the socket goes on (pause() below stops reading until the timer resumes it). */
+  private onRead(chunk: Buffer): boolean {
+    this.onData(chunk);
+    if (this.closing || this.batchTimer) return true;
+    this.socket.pause();
+    this.batchTimer = setTimeout(() => {
+      this.batchTimer = undefined;
+      this.socket.resume();
+    }, READ_BATCH_MS);
+    return true;
   }
 
   private onData(chunk: Buffer): void {
@@ -114,6 +141,10 @@ export class GuestConsole {
    */
   async close(): Promise<void> {
     if (this.inputTimer) clearTimeout(this.inputTimer);
+    this.closing = true;
+    if (this.batchTimer) clearTimeout(this.batchTimer);
+    this.batchTimer = undefined;
+    this.socket.resume();
     this.serial = undefined;
     libc.close(this.writeFd);
     await this.ended;

@@ -26,6 +26,7 @@ import { VcpuSet, type MachineEvent } from './vcpus.js';
 import { enableDirtyLogging, type DirtyLogMode } from './tracking/dirty-memory.js';
 import { DiskTracking } from './tracking/disk-tracking.js';
 import { recoveryControlOps } from './snapshot/control-ops.js';
+import type { PreparedKvm, PreparedVm } from './snapshot/prepared-vm.js';
 import type { RestoredChain } from './snapshot/snapshot.js';
 import { SnapshotService } from './snapshot/snapshot-service.js';
 import { checkVcpuLimit, type ValidatedConfig } from './vm-config.js';
@@ -54,6 +55,10 @@ export interface BootOptions {
   tracking?: DiskTracking;
   /** Resume this snapshot (memory, VM, vCPU and device state) instead of booting the kernel. */
   restore?: RestoredChain;
+  /** /dev/kvm opened and checked for this config already (bootMachine closes it from then on). */
+  kvm?: Kvm;
+  /** A VM made ahead with `restore`'s memory slots, irqchip and PIT (from PreparedVm.take; bootMachine closes it). */
+  prepared?: Omit<PreparedKvm, 'kvm'>;
   /** Test-only: deliberately broken ACPI tables, for the guest's negative tests. Never set by the CLI. */
   acpiTestFaults?: AcpiTestFaultInjection;
 }
@@ -76,25 +81,35 @@ export async function bootMachine(config: ValidatedConfig, options: BootOptions)
   const cleanup: Array<() => void | Promise<void>> = [];
   const trace = tracer();
   try {
-    const kvm = openCheckedKvm(config);
+    const given = options.kvm;
+    const kvm = given ?? openCheckedKvm(config);
     cleanup.push(() => kvm.close());
-    trace('check host, open KVM');
+    if (!given) trace('check host, open KVM');
 
-    const vm = kvm.createVm();
+    const prepared = options.prepared;
+    const vm = prepared?.vm ?? kvm.createVm();
     cleanup.push(() => vm.close());
     const restore = options.restore;
     const memory = restore ? GuestMemory.adopt(restore.memory, () => restore.close()) : createGuestMemory(config.memoryBytes);
     cleanup.push(() => memory.close());
-    // Manual-protect dirty logging must be enabled before the slots exist (vmm/tracking/dirty-memory.ts).
-    const dirtyLogMode = options.logDirtyPages ? enableDirtyLogging(vm) : undefined;
-    // The slots before the irqchip and PIT: KVM_SET_USER_MEMORY_REGION then takes ~0.3 ms here, after them 3-10 ms.
-    vm.mapMemory(memory.regions, memory.shared.hostAddress, dirtyLogMode !== undefined);
-    trace('guest memory');
-    vm.createPlatform(KVM_TSS_ADDR);
-    trace('create VM');
+    let dirtyLogMode: DirtyLogMode | undefined;
+    if (prepared) {
+      // Slots (over the range `restore`'s memory is mapped in), irqchip, PIT and TSS exist already.
+      dirtyLogMode = prepared.dirtyLogMode;
+      trace('prepared VM');
+    } else {
+      // Manual-protect dirty logging must be enabled before the slots exist (vmm/tracking/dirty-memory.ts).
+      dirtyLogMode = options.logDirtyPages ? enableDirtyLogging(vm) : undefined;
+      // The slots before the irqchip and PIT: KVM_SET_USER_MEMORY_REGION then takes ~0.3 ms here, after them 3-10 ms.
+      vm.mapMemory(memory.regions, memory.shared.hostAddress, dirtyLogMode !== undefined);
+      trace('guest memory');
+      vm.createPlatform(KVM_TSS_ADDR);
+      trace('create VM');
+    }
 
-    const supportedCpuid = kvm.supportedCpuid();
-    const vcpus = VcpuSet.create(kvm, vm, config.vcpus, (i) => (restore ? { kind: 'restore', state: restore.state.vcpus[i]! } : { kind: 'linux64', supportedCpuid, vcpuCount: config.vcpus }));
+    // A restored vCPU gets its CPUID from the snapshot: KVM_GET_SUPPORTED_CPUID (0.5-4 ms here) only for a boot.
+    const supportedCpuid = restore ? undefined : kvm.supportedCpuid();
+    const vcpus = VcpuSet.create(kvm, vm, config.vcpus, (i) => (restore ? { kind: 'restore', state: restore.state.vcpus[i]! } : { kind: 'linux64', supportedCpuid: supportedCpuid!, vcpuCount: config.vcpus }));
     cleanup.push(() => vcpus.stop());
     trace('create vCPUs');
 
@@ -126,8 +141,11 @@ export async function bootMachine(config: ValidatedConfig, options: BootOptions)
     vcpus.resume();
     trace('run');
     // The guest need not wait for the disks' I/O worker: its queue notifications wait in the ioeventfds
-    // until the worker polls them. Started only now, its start-up stays off the path to the first KVM_RUN.
-    virtio?.start().then(() => trace('virtio I/O worker serving'), (err: Error) => machine.fail(err.message));
+    // until the worker polls them. A booting guest gets it at its first notification (its start-up would
+    // otherwise share the CPU with the guest's boot); a restored one at once, since requests the guest
+    // made available before the snapshot was taken are served without a new notification.
+    const serving = restore ? virtio?.start() : virtio?.startOnFirstNotification();
+    serving?.then(() => trace(virtio?.ioWorkerStarted ? 'virtio I/O worker serving' : 'virtio I/O worker never needed'), (err: Error) => machine.fail(err.message));
     if (restore) holdUntilVerified(machine, restore, trace);
     return machine;
   } catch (err) {
@@ -168,7 +186,11 @@ function holdUntilVerified(machine: Machine, restore: RestoredChain, trace: (ste
 function openCheckedKvm(config: ValidatedConfig): Kvm {
   const refusal = refuseLinuxOnPvm(config.kernel, probeHost());
   if (refusal) throw new VmmError(refusal);
-  const kvm = Kvm.open();
+  return checkedKvm(Kvm.open(), config);
+}
+
+/** `kvm`, once this config's vCPU count is within its limit (closed, and the error thrown, if not). */
+function checkedKvm(kvm: Kvm, config: ValidatedConfig): Kvm {
   try {
     checkVcpuLimit(config.vcpus, kvm.maxVcpus());
     return kvm;
@@ -410,6 +432,11 @@ export interface RunOptions {
   trackChanges?: { granularity: number } | false;
   /** Resume this snapshot chain for the first boot (a later guest reset boots the kernel). */
   restoreFrom?: RestoredChain;
+  /**
+   * A VM made ahead (a warm standby's): the first boot uses it when `restoreFrom`'s memory was mapped
+   * over its reservation (see PreparedVm.claimMemory); runVm closes what it does not use.
+   */
+  prepared?: PreparedVm;
   /** Serve the control protocol on this already listening socket (a standby VMM's) instead of `apiSocket`. */
   control?: ControlSocket;
   /** Test-only (see BootOptions.acpiTestFaults): every boot gets these broken ACPI tables. */
@@ -436,11 +463,39 @@ export async function runVm(options: RunOptions): Promise<RunResult> {
   let stopRequested: number | undefined;
   let restore = options.restoreFrom;
   const trace = tracer();
-  // Host checks first: a VM this host refuses must not mark its disks' change tracking as in use.
-  openCheckedKvm(options.config).close();
+  // Host checks first: a VM this host refuses must not mark its disks' change tracking as in use. The
+  // checked /dev/kvm (a prepared VM's, if it fits the snapshot) serves the first boot.
+  const prepared = restore && options.logDirtyPages ? options.prepared?.take(restore.memory.hostAddress, restore.memory.size) : undefined;
+  options.prepared?.close();
+  let firstBoot: { kvm?: Kvm; prepared?: Omit<PreparedKvm, 'kvm'> } | undefined;
+  if (prepared) {
+    let refusal: string | undefined;
+    try {
+      refusal = refuseLinuxOnPvm(options.config.kernel, probeHost());
+      if (refusal) throw new VmmError(refusal);
+    } catch (err) {
+      prepared.vm.close();
+      prepared.kvm.close();
+      throw err;
+    }
+    try {
+      firstBoot = { kvm: checkedKvm(prepared.kvm, options.config), prepared: { vm: prepared.vm, dirtyLogMode: prepared.dirtyLogMode } };
+    } catch (err) {
+      prepared.vm.close(); // checkedKvm closed /dev/kvm
+      throw err;
+    }
+  } else {
+    firstBoot = { kvm: openCheckedKvm(options.config) };
+  }
   trace('host checks');
   // One tracker per disk for the whole process (across guest reboots); saved only at a clean end.
-  const tracking = options.trackChanges ? DiskTracking.open(options.config.disks, options.trackChanges) : undefined;
+  let tracking: DiskTracking | undefined;
+  try {
+    tracking = options.trackChanges ? DiskTracking.open(options.config.disks, options.trackChanges) : undefined;
+  } catch (err) {
+    closeFirstBoot(firstBoot);
+    throw err;
+  }
   if (tracking) trace('change tracking');
   const recovery = recoveryControlOps({
     disks: tracking,
@@ -464,11 +519,19 @@ export async function runVm(options: RunOptions): Promise<RunResult> {
     other: async (request) => (await recovery(request)) ?? (options.controlOps ? await options.controlOps(request, machine) : undefined),
   };
   options.control?.setHandlers(handlers);
-  const control = options.control ?? (options.apiSocket ? await ControlSocket.listen(options.apiSocket, handlers) : undefined);
+  let control: ControlSocket | undefined;
+  try {
+    control = options.control ?? (options.apiSocket ? await ControlSocket.listen(options.apiSocket, handlers) : undefined);
+  } catch (err) {
+    closeFirstBoot(firstBoot);
+    throw err;
+  }
   try {
     for (let reboots = 0; ; reboots++) {
       if (stopRequested !== undefined) return { status: stopRequested, reboots };
-      machine = await bootMachine(options.config, { console: options.console, logDirtyPages: options.logDirtyPages, onWarning: options.onWarning, tracking, restore, acpiTestFaults: options.acpiTestFaults });
+      const given = firstBoot;
+      firstBoot = undefined; // bootMachine owns it now, whether it boots or fails
+      machine = await bootMachine(options.config, { console: options.console, logDirtyPages: options.logDirtyPages, onWarning: options.onWarning, tracking, restore, acpiTestFaults: options.acpiTestFaults, ...given });
       snapshots = new SnapshotService(machine, { disks: tracking, restoredFrom: restore?.lastSnapshotId, verified: restore?.verified });
       restore = undefined;
       if (stopRequested !== undefined) machine.requestStop(stopRequested);
@@ -494,10 +557,16 @@ export async function runVm(options: RunOptions): Promise<RunResult> {
       if (options.noReboot) return { status: 0, reboots };
     }
   } finally {
+    closeFirstBoot(firstBoot);
     if (machine) await machine.shutdown().catch(() => {});
     restore?.close();
     if (!options.control) await control?.close(); // a socket handed in stays its owner's
   }
+}
+
+function closeFirstBoot(first: { kvm?: Kvm; prepared?: Omit<PreparedKvm, 'kvm'> } | undefined): void {
+  first?.prepared?.vm.close();
+  first?.kvm?.close();
 }
 
 /** Resolves 'timeout' unless the guest reaches its shell (see RunOptions.bootTimeoutMs) within `ms`. */

@@ -224,7 +224,7 @@ function coalescedRanges(diff: number, runs: readonly PageRun[]): DiffRange[] {
  * writes stay private: no file is modified. When the chain has more than MAX_MAPPED_RANGES ranges, the
  * shortest are copied in instead. Nothing is checksummed here: see ChainVerifier.
  */
-export function mapMemoryChain(full: MemoryFile, diffs: readonly MemoryFile[]): MappedMemory {
+export function mapMemoryChain(full: MemoryFile, diffs: readonly MemoryFile[], at?: (size: number) => bigint | undefined): MappedMemory {
   const size = full.header.memorySize;
   for (const d of diffs) {
     if (d.header.memorySize !== size) throw new SnapshotFormatError(`${d.path}: memory size ${d.header.memorySize} differs from the full snapshot's ${size}`);
@@ -236,7 +236,9 @@ export function mapMemoryChain(full: MemoryFile, diffs: readonly MemoryFile[]): 
     copy = new Set(byLength.slice(MAX_MAPPED_RANGES));
   }
   const prot = libc.PROT_READ | libc.PROT_WRITE;
-  const hostAddress = libc.mmap(size, prot, libc.MAP_PRIVATE | libc.MAP_NORESERVE, full.fd, DATA_OFFSET);
+  // `at`: a range reserved for it (a prepared VM's, whose memory slots point there already).
+  const fixed = at?.(size);
+  const hostAddress = libc.mmap(size, prot, libc.MAP_PRIVATE | libc.MAP_NORESERVE | (fixed === undefined ? 0 : libc.MAP_FIXED), full.fd, DATA_OFFSET, fixed ?? 0n);
   const unmap = () => libc.munmap(hostAddress, size);
   let diffPages = 0;
   try {

@@ -124,9 +124,11 @@ export async function createSnapshot(source: SnapshotSource, req: SnapshotReques
         if (more.count() < PRECOPY_STOP_PAGES) break;
       }
     }
+    // The guest is stopped from the pause request on (each vCPU stops as its kick lands), so that is
+    // where its pause is counted from.
+    const pauseStart = performance.now();
     await source.pause();
     paused = true;
-    const pauseStart = performance.now();
     if (precopy) {
       const last = source.dirty.collectMore();
       pausedPages = last.count();
@@ -220,6 +222,8 @@ export interface RestoredChain {
 export interface OpenChainOptions {
   /** Called by `running()`: the restored VM's vCPUs run (the warm-standby restore answers then). */
   onRunning?: () => void;
+  /** Where to map guest memory of a given size (a prepared VM's reserved range), or undefined: anywhere. */
+  memoryAt?: (size: number) => bigint | undefined;
 }
 
 /**
@@ -244,7 +248,7 @@ export function openSnapshotChain(dirs: readonly string[], options: OpenChainOpt
         throw new SnapshotFormatError(`${d.dir} applies over snapshot ${d.meta.parentId}, not over ${prev.dir} (${prev.meta.snapshotId}): give the chain in order`);
       }
     }
-    const memory = mapMemoryChain(full!.memory, diffs.map((d) => d.memory));
+    const memory = mapMemoryChain(full!.memory, diffs.map((d) => d.memory), options.memoryAt);
     const last = opened[opened.length - 1]!;
     const state = last.state!;
     const verifier = new ChainVerifier(opened.map((o) => o.memory));

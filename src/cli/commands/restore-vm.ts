@@ -6,6 +6,7 @@ import { parseArgs } from 'node:util';
 import * as vmm from '../../../vmm/index.js';
 import type { ControlSocket, DiskSpec, RunOptions } from '../../../vmm/index.js';
 import { hostRestoreLimits } from '../../../vmm/snapshot/host-limits.js';
+import type { PreparedVm } from '../../../vmm/snapshot/prepared-vm.js';
 import { checkRestorable, openSnapshotChain, SnapshotError, type RestoredChain } from '../../../vmm/snapshot/snapshot.js';
 import { UsageError, UserError, type Command } from '../command.js';
 import { asUserError, parseGranularity, runInForeground, startupTrace } from './vm-run.js';
@@ -58,6 +59,11 @@ export interface RestoreHooks {
   hostLimits?: { tscKhz: number; maxVcpus: number };
   /** Called with the opened chain's newest snapshot, before the VM is built. */
   onOpened?: (snapshot: { snapshotId: string; vcpus: number; memoryBytes: number }) => void;
+  /**
+   * A VM made ahead: used when the snapshot's memory is the size it was made for. Whether used or not, it
+   * is closed once the VM runs; if the restore fails before that it may be half used: close it.
+   */
+  prepared?: PreparedVm;
 }
 
 /**
@@ -72,7 +78,8 @@ export async function restoreInForeground(spec: RestoreSpec, hooks: RestoreHooks
   if (dirs.length === 0) throw new UsageError('--from DIR is required (the full snapshot, then any diffs in order)');
   let chain: RestoredChain | undefined;
   try {
-    chain = openSnapshotChain(dirs, { onRunning: hooks.onRunning });
+    const prepared = hooks.prepared;
+    chain = openSnapshotChain(dirs, { onRunning: hooks.onRunning, memoryAt: prepared && ((size) => prepared.claimMemory(size)) });
   } catch (err) {
     throw new UserError((err as Error).message);
   }
@@ -110,7 +117,7 @@ export async function restoreInForeground(spec: RestoreSpec, hooks: RestoreHooks
     chain = undefined; // runVm owns it now (the VM's memory is mapped from it)
     return await runInForeground(
       { 'console-log': spec.consoleLog, 'api-sock': spec.apiSock, 'no-reboot': spec.noReboot },
-      { config, restoreFrom, trackChanges: spec.trackChanges, logDirtyPages: true, bootTimeoutMs: 0, control: hooks.control, controlOps: hooks.controlOps },
+      { config, restoreFrom, trackChanges: spec.trackChanges, logDirtyPages: true, bootTimeoutMs: 0, control: hooks.control, controlOps: hooks.controlOps, prepared: hooks.prepared },
     );
   } catch (err) {
     if (err instanceof SnapshotError || (err as Error).name === 'SnapshotFormatError') throw new UserError((err as Error).message);

@@ -8,6 +8,7 @@ import { setFlagsFromString } from 'node:v8';
 import type { ControlHandlers, ControlSocket } from '../../../vmm/index.js';
 import { prewarmedLoaded, prewarmVcpuWorkers } from '../../../vmm/vcpu-prewarm.js';
 import { UsageError, type Command } from '../command.js';
+import type { PreparedVm } from '../../../vmm/snapshot/prepared-vm.js';
 import type { RestoreSpec } from './restore-vm.js';
 
 // The VMM code loads in run(), after V8 is told to compile every function as it loads rather than at
@@ -15,19 +16,25 @@ import type { RestoreSpec } from './restore-vm.js';
 type Vmm = typeof import('../../../vmm/index.js');
 type RestoreVm = typeof import('./restore-vm.js');
 type VmRun = typeof import('./vm-run.js');
+type Prepared = typeof import('../../../vmm/snapshot/prepared-vm.js');
 let vmm: Vmm;
 let restoreVm: RestoreVm;
 let vmRun: VmRun;
+let prepared: Prepared;
 
 async function loadVmmCode(): Promise<void> {
   setFlagsFromString('--no-lazy');
-  [vmm, restoreVm, vmRun] = await Promise.all([import('../../../vmm/index.js'), import('./restore-vm.js'), import('./vm-run.js')]);
+  [vmm, restoreVm, vmRun, prepared] = await Promise.all([
+    import('../../../vmm/index.js'), import('./restore-vm.js'), import('./vm-run.js'), import('../../../vmm/snapshot/prepared-vm.js'),
+  ]);
 }
 
 /** vcpu-prewarm.ts starts at most this many workers ahead of time. */
 const MAX_STANDBY_VCPUS = 64;
+/** `vm run --mem`'s limit (guest memory is one typed-array view, docs/vmm.md). */
+const MAX_STANDBY_MEM_MIB = 4094;
 
-const help = `Usage: lifeboat vm standby --api-sock PATH [--vcpus N]
+const help = `Usage: lifeboat vm standby --api-sock PATH [--vcpus N] [--mem MiB]
 
 Starts a VMM with no VM yet: Node, the VMM code and N vCPU worker threads are loaded and wait. Then
 
@@ -43,6 +50,9 @@ Options:
   --api-sock PATH       control socket to listen on (required)
   --vcpus N             vCPU worker threads to start ahead (default 1, at most ${MAX_STANDBY_VCPUS}); a
                         snapshot with more vCPUs starts the others when it is restored
+  --mem MiB             the memory size of the VM it will restore: its KVM VM (memory slots over a
+                        reserved address range, irqchip, PIT) is made ahead too. A snapshot of
+                        another size is restored without it
   --debug               stack traces for unexpected errors
 
 While waiting: {"op":"status"} answers {"ok":true,"state":"standby",...}; {"op":"stop"} ends the
@@ -85,7 +95,7 @@ export const vmStandby: Command = {
   async run(argv) {
     let values;
     try {
-      values = parseArgs({ args: argv, strict: true, allowPositionals: false, options: { 'api-sock': { type: 'string' }, vcpus: { type: 'string' } } }).values;
+      values = parseArgs({ args: argv, strict: true, allowPositionals: false, options: { 'api-sock': { type: 'string' }, vcpus: { type: 'string' }, mem: { type: 'string' } } }).values;
     } catch (err) {
       throw new UsageError((err as Error).message);
     }
@@ -94,6 +104,12 @@ export const vmStandby: Command = {
     const vcpusText = values.vcpus ?? '1';
     const vcpus = /^\d+$/.test(vcpusText.trim()) ? Number(vcpusText) : NaN;
     if (!(vcpus >= 1 && vcpus <= MAX_STANDBY_VCPUS)) throw new UsageError(`--vcpus must be a whole number from 1 to ${MAX_STANDBY_VCPUS}, got '${vcpusText}'`);
+    let memoryBytes: number | undefined;
+    if (values.mem !== undefined) {
+      const mib = /^\d+$/.test(values.mem.trim()) ? Number(values.mem) : NaN;
+      if (!(mib >= 1 && mib <= MAX_STANDBY_MEM_MIB)) throw new UsageError(`--mem must be a whole number of MiB from 1 to ${MAX_STANDBY_MEM_MIB}, got '${values.mem}'`);
+      memoryBytes = mib * 2 ** 20;
+    }
     await loadVmmCode();
     prewarmVcpuWorkers(vcpus);
     let hostLimits;
@@ -103,7 +119,7 @@ export const vmStandby: Command = {
     } catch (err) {
       throw vmRun.asUserError(err);
     }
-    return await new Standby(path, vcpus, hostLimits).serve();
+    return await new Standby(path, vcpus, hostLimits, memoryBytes).serve();
   },
 };
 
@@ -116,11 +132,21 @@ class Standby {
   private fail!: (err: unknown) => void;
   private readonly onTerm = () => void this.end(143);
   private readonly onInt = () => void this.end(130);
+  /** The VM made ahead (with --mem), until a restore takes it or the standby ends. */
+  private prepared: PreparedVm | undefined;
 
-  constructor(private readonly path: string, private readonly vcpus: number, private readonly hostLimits: { tscKhz: number; maxVcpus: number }) {}
+  constructor(
+    private readonly path: string,
+    private readonly vcpus: number,
+    private readonly hostLimits: { tscKhz: number; maxVcpus: number },
+    private readonly memoryBytes: number | undefined,
+  ) {}
 
   private readonly handlers: ControlHandlers = {
-    status: () => ({ state: this.phase === 'waiting' ? 'standby' : 'booting', vcpus: this.vcpus, ready: this.ready, pid: process.pid }),
+    status: () => ({
+      state: this.phase === 'waiting' ? 'standby' : 'booting', vcpus: this.vcpus, ready: this.ready, pid: process.pid,
+      ...(this.memoryBytes !== undefined ? { memoryBytes: this.memoryBytes, vmPrepared: this.prepared?.usable === true } : {}),
+    }),
     pause: () => Promise.reject(new Error('no VM yet: this is a standby VMM; send {"op":"restore","from":[...]} first')),
     resume: () => {
       throw new Error('no VM yet: this is a standby VMM; send {"op":"restore","from":[...]} first');
@@ -140,11 +166,24 @@ class Standby {
       throw vmRun.asUserError(err);
     }
     this.attachSignals();
+    try {
+      this.prepare();
+    } catch (err) {
+      await this.end(1);
+      throw vmRun.asUserError(err);
+    }
     void prewarmedLoaded().then(() => {
       this.ready = true;
       process.stderr.write(`lifeboat vm standby: ready on ${this.path} (${this.vcpus} vCPU worker${this.vcpus === 1 ? '' : 's'} loaded); waiting for a restore request\n`);
     });
     return await done;
+  }
+
+  /** A fresh VM made ahead (with --mem): at start, and after a restore that failed before running. */
+  private prepare(): void {
+    this.prepared?.close();
+    this.prepared = undefined;
+    if (this.memoryBytes !== undefined) this.prepared = prepared.PreparedVm.create(this.memoryBytes);
   }
 
   private attachSignals(): void {
@@ -162,6 +201,8 @@ class Standby {
     if (this.phase === 'ended') return;
     this.phase = 'ended';
     this.detachSignals();
+    this.prepared?.close(); // a standby stopped while waiting: its VM was never used
+    this.prepared = undefined;
     await this.socket?.close();
     if (error !== undefined) this.fail(error);
     else this.finish(status);
@@ -185,6 +226,7 @@ class Standby {
         return undefined;
       },
       hostLimits: this.hostLimits,
+      prepared: this.prepared,
       onOpened: (s) => (snapshot = s),
       onRunning: () => {
         ran = true;
@@ -198,10 +240,16 @@ class Standby {
       this.socket!.setHandlers(this.handlers);
       this.attachSignals();
       prewarmVcpuWorkers(this.vcpus);
+      try {
+        this.prepare(); // the attempt may have used part of it
+      } catch (err) {
+        process.stderr.write(`lifeboat vm standby: ${(err as Error).message}; the next restore builds its VM then\n`);
+      }
       await ended; // its error is this request's answer
       throw new Error('restore: the VM ended before it ran');
     }
     const restoreMs = Math.round((performance.now() - started) * 100) / 100;
+    this.prepared = undefined; // the VM's now (runVm closed whatever it did not use)
     this.phase = 'running';
     this.restoredFrom = spec.from[spec.from.length - 1]!;
     ended.then((status) => this.end(status), (err) => this.end(1, err));

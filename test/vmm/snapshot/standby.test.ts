@@ -106,10 +106,45 @@ describe('warm standby restore: `lifeboat vm standby`, then `vm restore --standb
     }
   });
 
-  it('stopping a standby that restored nothing ends it with the status asked for', async () => {
-    const standby = new LifeboatVm('standby', [], dir, 'standby');
+  it('a standby with its VM made ahead (--mem) restores into it, after a failed request made it a fresh one; another size restores without it', async () => {
+    const chain = await countingChain(dir);
+    const standby = new LifeboatVm('standby', ['--vcpus', '2', '--mem', '256'], dir, 'standby');
     try {
       await standby.waitForStderr(READY);
+      const waiting = await controlOp(standby.socket, { op: 'status' });
+      assert.equal(waiting.vmPrepared, true);
+      assert.equal(waiting.memoryBytes, 256 * 2 ** 20);
+      // Refused after the snapshot's memory was mapped over the prepared VM's range: that VM is spent.
+      const refused = await restoreOn(standby.socket, [...chain.dirs.flatMap((d) => ['--from', d]), '--disk', join(dir, 'none.img')]);
+      assert.equal(refused.code, 1);
+      assert.match(refused.stderr, /the snapshot's VM has 0 disk\(s\)/);
+      assert.equal((await controlOp(standby.socket, { op: 'status' })).vmPrepared, true, 'a fresh VM is made for the next request');
+      const r = await restoreOn(standby.socket, chain.dirs.flatMap((d) => ['--from', d]));
+      assert.equal(r.code, 0, r.stderr);
+      await counterContinues(standby, chain);
+      standby.send('\x03');
+      assert.equal((await standby.wait()).code, 0);
+    } finally {
+      standby.child.kill('SIGKILL');
+    }
+    const other = new LifeboatVm('standby', ['--vcpus', '2', '--mem', '512'], dir, 'other');
+    try {
+      await other.waitForStderr(READY);
+      const r = await restoreOn(other.socket, chain.dirs.flatMap((d) => ['--from', d]));
+      assert.equal(r.code, 0, r.stderr);
+      await counterContinues(other, chain);
+      other.send('\x03');
+      assert.equal((await other.wait()).code, 0);
+    } finally {
+      other.child.kill('SIGKILL');
+    }
+  });
+
+  it('stopping a standby that restored nothing ends it with the status asked for (its VM made ahead released)', async () => {
+    const standby = new LifeboatVm('standby', ['--mem', '64'], dir, 'standby');
+    try {
+      await standby.waitForStderr(READY);
+      assert.equal((await controlOp(standby.socket, { op: 'status' })).vmPrepared, true);
       assert.equal((await controlOp(standby.socket, { op: 'stop', status: 3 })).state, 'stopping');
       assert.equal((await standby.wait()).code, 3);
     } finally {
@@ -120,7 +155,7 @@ describe('warm standby restore: `lifeboat vm standby`, then `vm restore --standb
   it('explains itself (--help) and refuses what it cannot do in one line', async () => {
     const help = await runLifeboat(['vm', 'standby', '--help']);
     assert.equal(help.code, 0);
-    assert.match(help.stdout, /Usage: lifeboat vm standby --api-sock PATH \[--vcpus N\]/);
+    assert.match(help.stdout, /Usage: lifeboat vm standby --api-sock PATH \[--vcpus N\] \[--mem MiB\]/);
     assert.match((await runLifeboat(['vm', 'restore', '--help'])).stdout, /--standby PATH/);
     const noSocket = await runLifeboat(['vm', 'standby']);
     assert.equal(noSocket.code, 2);
@@ -128,6 +163,9 @@ describe('warm standby restore: `lifeboat vm standby`, then `vm restore --standb
     const badCount = await runLifeboat(['vm', 'standby', '--api-sock', join(dir, 's.sock'), '--vcpus', '0']);
     assert.equal(badCount.code, 2);
     assert.match(badCount.stderr, /--vcpus must be a whole number from 1 to 64, got '0'/);
+    const badMem = await runLifeboat(['vm', 'standby', '--api-sock', join(dir, 's.sock'), '--mem', '1.5']);
+    assert.equal(badMem.code, 2);
+    assert.equal(badMem.stderr, "lifeboat vm standby: --mem must be a whole number of MiB from 1 to 4094, got '1.5'\n");
     const nobody = await runLifeboat(['vm', 'restore', '--standby', join(dir, 'none.sock'), '--from', dir]);
     assert.equal(nobody.code, 1);
     assert.match(nobody.stderr, /cannot reach the VMM on .*none\.sock: no such socket \(start one with 'lifeboat vm standby --api-sock .*none\.sock'\)/);

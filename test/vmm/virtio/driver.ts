@@ -441,6 +441,8 @@ export class BlockRig {
     readonly memory: GuestMemory,
     readonly vm: EventfdVm,
     readonly set: VirtioBlockSet,
+    /** Resolves once the I/O worker serves (or, started on the first notification, the set stopped first). */
+    readonly serving: Promise<void>,
   ) {
     const heapSlice = Math.floor((memory.size - 0x100000) / set.disks.length / 4096) * 4096;
     this.drivers = set.descriptors().map((d, k) => {
@@ -452,12 +454,13 @@ export class BlockRig {
 
   /**
    * Creates sparse images of the given sizes in a fresh temporary folder (or uses `specs` as given),
-   * opens the set, starts its I/O worker.
+   * opens the set, starts its I/O worker (`start: 'on-first-notification'`: arms it, as a booting VMM does).
    */
   static async create(
     disks: { size?: number; readOnly?: boolean; path?: string; spec?: Partial<DiskSpec> }[],
     memorySize = 64 << 20,
     beforeStart?: (set: VirtioBlockSet, memory: GuestMemory) => void,
+    start: 'now' | 'on-first-notification' = 'now',
   ): Promise<BlockRig> {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lifeboat-virtio-'));
     const specs: DiskSpec[] = disks.map((d, i) => {
@@ -471,16 +474,23 @@ export class BlockRig {
     const memory = GuestMemory.create(memorySize);
     const vm = new EventfdVm();
     const set = VirtioBlockSet.open(specs, { memory, vm, firstIndex: 0 });
+    let serving: Promise<void>;
     try {
       beforeStart?.(set, memory);
-      await set.start();
+      if (start === 'now') {
+        await set.start();
+        serving = Promise.resolve();
+      } else {
+        serving = set.startOnFirstNotification();
+        serving.catch(() => {}); // awaited by the test that cares
+      }
     } catch (err) {
       await set.stop();
       memory.close();
       fs.rmSync(dir, { recursive: true, force: true });
       throw err;
     }
-    return new BlockRig(dir, memory, vm, set);
+    return new BlockRig(dir, memory, vm, set, serving);
   }
 
   async close(): Promise<void> {

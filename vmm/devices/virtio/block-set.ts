@@ -14,7 +14,7 @@ import { IO_WORKER_KIND, type FromIoWorker, type IoWorkerData, type ToIoWorker }
 import type { VirtioMmioDescriptor } from './mmio.js';
 import type { ObserverDescriptor } from './observer.js';
 import { QueueWord, TRANSPORT_WORDS, VirtioMmioState } from './state.js';
-import { eventfdNotify } from './sys.js';
+import { eventfdNotify, pollReadableAsync } from './sys.js';
 
 export interface DiskSpec extends DiskImageSpec {
   /** A write observer installed before the first request is served (see docs/virtio.md). */
@@ -86,7 +86,13 @@ const STOP_TIMEOUT_MS = 60_000;
  */
 export class VirtioBlockSet extends EventEmitter {
   private worker: Worker | null = null;
+  /** Our end of the channel to the I/O worker: set from start (or arming) until the worker is gone. */
   private port: MessagePort | null = null;
+  /** The worker's end, until it is handed to the worker (messages sent before that wait in it). */
+  private workerPort: MessagePort | null = null;
+  /** Set while startOnFirstNotification() waits for the guest's first queue notification. */
+  private armed: { wakeFd: number; polled: Promise<void> } | null = null;
+  private onReady: { resolve: () => void; reject: (err: Error) => void } | null = null;
   private workerExited: Promise<void> = Promise.resolve();
   private readonly pending = new Map<number, { resolve: (error?: string) => void }>();
   private nextRequestId = 1;
@@ -187,7 +193,7 @@ export class VirtioBlockSet extends EventEmitter {
    * same kind and size (features and config space must match).
    */
   loadStates(states: readonly Uint8Array[]): void {
-    if (this.worker || this.closed) throw new Error('load device states before start()');
+    if (this.port || this.worker || this.closed) throw new Error('load device states before start()');
     if (states.length !== this.devices.length) throw new Error(`the saved state has ${states.length} virtio-blk disks, this VM has ${this.devices.length}`);
     this.devices.forEach((d, k) => {
       const saved = states[k]!;
@@ -227,14 +233,76 @@ export class VirtioBlockSet extends EventEmitter {
 
   /** Starts the I/O worker; resolves once it serves the queues (write observers loaded). */
   start(): Promise<void> {
+    const ready = this.openChannel();
+    if (this.workerPort) this.spawn();
+    return ready;
+  }
+
+  /**
+   * Like start(), but the I/O worker (a Node thread: ~35 ms of CPU to start) is spawned only when the
+   * guest first notifies a queue, so that a booting guest that does not touch its disks yet does not
+   * share the CPU with it. Until then no request can be in flight: the notifications wait in their
+   * eventfds (polled here from a libuv pool thread), quiesce() holds at once, and the worker handles
+   * every message sent before it started before it serves. Resolves once the worker serves, or when the
+   * set is stopped before any notification (`ioWorkerStarted` tells which).
+   */
+  startOnFirstNotification(): Promise<void> {
+    const ready = this.openChannel();
+    if (!this.workerPort) return ready;
+    const wakeFd = libc.eventfd(libc.EFD_CLOEXEC | libc.EFD_NONBLOCK);
+    const polled = pollReadableAsync([wakeFd, ...this.devices.flatMap((d) => d.queueFds)]).then(() => {
+      libc.close(wakeFd);
+      this.armed = null;
+      if (this.closed) this.onReady?.resolve();
+      else {
+        try {
+          this.spawn();
+        } catch (err) {
+          this.onReady?.reject(new Error(`virtio-blk I/O worker failed to start: ${(err as Error).message}`));
+        }
+      }
+    });
+    this.armed = { wakeFd, polled };
+    return ready;
+  }
+
+  /** Whether the I/O worker thread has been spawned (it may still be starting). */
+  get ioWorkerStarted(): boolean {
+    return this.worker !== null;
+  }
+
+  /** The channel to the worker, before the worker exists; resolves once the worker serves. */
+  private openChannel(): Promise<void> {
     if (this.closed) return Promise.reject(new Error('virtio-blk set is stopped'));
-    if (this.worker) return Promise.reject(new Error('virtio-blk I/O worker already started'));
+    if (this.port) return Promise.reject(new Error('virtio-blk I/O worker already started'));
     const channel = new MessageChannel();
+    this.port = channel.port1;
+    this.workerPort = channel.port2;
+    for (const d of this.devices) d.state.set('ioWorkerRunning', 1);
+    return new Promise<void>((resolve, reject) => {
+      this.onReady = { resolve, reject };
+      this.port!.on('message', (m: FromIoWorker) => {
+        if (m.type === 'ready') {
+          this.onReady = null;
+          resolve();
+        } else if (m.type === 'warning') {
+          this.emit('warning', { disk: m.disk, message: m.message });
+        } else if (m.type === 'quiesced' || m.type === 'observer-set') {
+          this.pending.get(m.id)?.resolve(m.error);
+          this.pending.delete(m.id);
+        }
+      });
+    });
+  }
+
+  private spawn(): void {
+    const port = this.workerPort!;
+    this.workerPort = null;
     const data: IoWorkerData = {
       kind: IO_WORKER_KIND,
       memory: this.memory.shared,
       controlFd: this.controlFd,
-      port: channel.port2,
+      port,
       disks: this.devices.map((d) => ({
         disk: d.info.disk,
         path: d.image.path,
@@ -248,34 +316,20 @@ export class VirtioBlockSet extends EventEmitter {
         ...(d.observer ? { observer: d.observer } : {}),
       })),
     };
-    for (const d of this.devices) d.state.set('ioWorkerRunning', 1);
-    const worker = new Worker(new URL('./io-worker.js', import.meta.url), { workerData: data, transferList: [channel.port2] });
+    const worker = new Worker(new URL('./io-worker.js', import.meta.url), { workerData: data, transferList: [port] });
     this.worker = worker;
-    this.port = channel.port1;
-    return new Promise<void>((resolve, reject) => {
-      let ready = false;
-      this.port!.on('message', (m: FromIoWorker) => {
-        if (m.type === 'ready') {
-          ready = true;
-          resolve();
-        } else if (m.type === 'warning') {
-          this.emit('warning', { disk: m.disk, message: m.message });
-        } else if (m.type === 'quiesced' || m.type === 'observer-set') {
-          this.pending.get(m.id)?.resolve(m.error);
-          this.pending.delete(m.id);
-        }
-      });
-      worker.on('error', (err) => {
-        if (!ready) reject(new Error(`virtio-blk I/O worker failed to start: ${err.message}`));
-        else if (!this.closed) this.emit('error', new Error(`virtio-blk I/O worker died: ${err.message}`));
-      });
-      this.workerExited = new Promise((done) => {
-        worker.on('exit', (code) => {
-          this.workerGone();
-          if (!ready) reject(new Error(`virtio-blk I/O worker exited with code ${code} before it was ready`));
-          else if (!this.closed) this.emit('error', new Error(`virtio-blk I/O worker exited unexpectedly (code ${code})`));
-          done();
-        });
+    worker.on('error', (err) => {
+      if (this.onReady) this.onReady.reject(new Error(`virtio-blk I/O worker failed to start: ${err.message}`));
+      else if (!this.closed) this.emit('error', new Error(`virtio-blk I/O worker died: ${err.message}`));
+    });
+    this.workerExited = new Promise((done) => {
+      worker.on('exit', (code) => {
+        const starting = this.onReady;
+        this.onReady = null;
+        this.workerGone();
+        if (starting) starting.reject(new Error(`virtio-blk I/O worker exited with code ${code} before it was ready`));
+        else if (!this.closed) this.emit('error', new Error(`virtio-blk I/O worker exited unexpectedly (code ${code})`));
+        done();
       });
     });
   }
@@ -292,6 +346,8 @@ export class VirtioBlockSet extends EventEmitter {
     this.pending.clear();
     this.port?.close();
     this.port = null;
+    this.workerPort?.close();
+    this.workerPort = null;
     this.worker = null;
   }
 
@@ -316,9 +372,24 @@ export class VirtioBlockSet extends EventEmitter {
     const list = disks === 'all' ? this.devices.map((d) => d.info.disk) : [...disks];
     for (const k of list) if (!this.devices[k]) throw new Error(`no disk ${k} (this VM has ${this.devices.length})`);
     if (this.closed) throw new Error('virtio-blk set is stopped');
-    if (!this.worker) {
+    const syncHere = () => {
       if (options.sync) for (const k of list) if (!this.devices[k]!.image.readOnly) fs.fdatasyncSync(this.devices[k]!.image.fd);
+    };
+    if (!this.port) {
+      syncHere();
       return await fn();
+    }
+    if (!this.worker) {
+      // Not spawned yet (startOnFirstNotification): nothing is in flight now, and the worker, should the
+      // guest notify meanwhile, handles this hold before it serves anything.
+      const id = this.nextRequestId++;
+      this.send({ type: 'quiesce', id, disks: list, sync: false });
+      try {
+        syncHere();
+        return await fn();
+      } finally {
+        if (this.port) this.send({ type: 'resume', id });
+      }
     }
     let id = 0;
     await this.request((i) => {
@@ -352,6 +423,10 @@ export class VirtioBlockSet extends EventEmitter {
   async stop(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    if (this.armed) {
+      eventfdNotify(this.armed.wakeFd);
+      await this.armed.polled; // the queue fds are closed below: the pool thread's poll must be over
+    }
     const worker = this.worker;
     if (worker && this.port) {
       this.send({ type: 'stop' });

@@ -76,6 +76,20 @@ export class PollSet {
   }
 }
 
+/**
+ * Resolves once one of `fds` is readable (or poll fails: the caller then acts as if one were), waiting in
+ * poll() on a thread of libuv's pool, so the calling thread's event loop stays free. One pool thread is
+ * taken until then: give one of `fds` a wake-up eventfd to end the wait early.
+ */
+export function pollReadableAsync(fds: readonly number[]): Promise<void> {
+  const buf = Buffer.alloc(Math.max(1, fds.length) * POLLFD_SIZE);
+  fds.forEach((fd, i) => {
+    buf.writeInt32LE(fd, i * POLLFD_SIZE);
+    buf.writeInt16LE(POLLIN, i * POLLFD_SIZE + 4);
+  });
+  return new Promise<void>((resolve) => pollFn.async(buf, fds.length, -1, () => resolve()));
+}
+
 const counter = Buffer.alloc(8);
 const one = Buffer.alloc(8);
 one.writeBigUInt64LE(1n);
