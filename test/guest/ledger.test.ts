@@ -1,7 +1,8 @@
 // The crash-consistent ledger, the application DR tests restore: whatever moment the VM dies at,
 // a fresh boot's `ledger check` passes and reports at least the last sequence reported durable.
 import assert from 'node:assert/strict';
-import { ImageDir, readRange, writeRange } from './disk-images.js';
+import { ImageDir } from './disk-images.js';
+import { readAt, writeAt } from '../helpers/image-files.js';
 import { killAllGuests, runQemu, startQemu, type QemuGuest } from '../helpers/qemu.js';
 
 const MiB = 1 << 20;
@@ -89,8 +90,8 @@ describe('Lifeboat guest ledger under QEMU microvm (KVM)', function () {
     const good = await check(disk);
     assert.equal(good.status, 0, good.output);
     const victim = 100; // record seq N lives in sector N
-    const byte = readRange(disk, victim * SECTOR + 200, 1);
-    writeRange(disk, victim * SECTOR + 200, Buffer.from([byte[0] ^ 0xff]));
+    const byte = readAt(disk, victim * SECTOR + 200, 1);
+    writeAt(disk, victim * SECTOR + 200, Buffer.from([byte[0] ^ 0xff]));
     const bad = await check(disk);
     assert.equal(bad.status, 1, bad.output);
     assert.match(bad.output, /^ledger corrupt: records end after seq=99 but a valid record seq=\d+ follows$/m);

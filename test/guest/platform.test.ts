@@ -2,7 +2,8 @@
 // virtio-mmio, 8250 and LAPIC/IOAPIC, before it meets Lifeboat's own VMM.
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { ImageDir, readRange, writeRange } from './disk-images.js';
+import { ImageDir } from './disk-images.js';
+import { readAt, writeAt } from '../helpers/image-files.js';
 import { firstPatternMismatch, patternBuffer } from '../helpers/pattern.js';
 import { killAllGuests, runQemu, startQemu, PROMPT, type Accel } from '../helpers/qemu.js';
 
@@ -51,18 +52,18 @@ for (const accel of ['kvm', 'tcg'] as Accel[]) {
       const exit = await runQemu({ accel, disks, exec: `disk write 1 ${offset} ${length} 0xfeedbeef; disk write 0 0 4096 7` });
       assert.equal(exit.guestStatus, 0, exit.output);
       assert.equal([...exit.output.matchAll(/^disk write ok$/gm)].length, 2);
-      const written = readRange(disks[1].path, offset, length);
+      const written = readAt(disks[1].path, offset, length);
       assert.equal(firstPatternMismatch(written, 0xfeedbeefn, offset), -1);
-      assert.ok(readRange(disks[1].path, offset - 512, 512).every((b) => b === 0), 'bytes before the range changed');
-      assert.ok(readRange(disks[1].path, offset + length, 512).every((b) => b === 0), 'bytes after the range changed');
-      assert.ok(readRange(disks[0].path, 0, 4096).equals(patternBuffer(7n, 0, 4096)), 'disk 0 got the wrong bytes');
+      assert.ok(readAt(disks[1].path, offset - 512, 512).every((b) => b === 0), 'bytes before the range changed');
+      assert.ok(readAt(disks[1].path, offset + length, 512).every((b) => b === 0), 'bytes after the range changed');
+      assert.ok(readAt(disks[0].path, 0, 4096).equals(patternBuffer(7n, 0, 4096)), 'disk 0 got the wrong bytes');
     });
 
     it('a pattern the host wrote is verified by the guest; a wrong seed or a damaged byte is caught at its offset', async () => {
       const disks = [{ path: images.create('a.img', 8 * MiB) }, { path: images.create('b.img', 8 * MiB) }];
       const offset = MiB;
       const length = 2 * MiB;
-      writeRange(disks[1].path, offset, patternBuffer(99n, offset, length));
+      writeAt(disks[1].path, offset, patternBuffer(99n, offset, length));
       const ok = await runQemu({ accel, disks, exec: `disk verify 1 ${offset} ${length} 99` });
       assert.equal(ok.guestStatus, 0, ok.output);
       assert.match(ok.output, /^disk verify ok$/m);
@@ -72,7 +73,7 @@ for (const accel of ['kvm', 'tcg'] as Accel[]) {
       assert.match(wrongSeed.output, new RegExp(`^disk verify mismatch offset=${offset}$`, 'm'));
 
       const damaged = offset + 1234567;
-      writeRange(disks[1].path, damaged, Buffer.from([readRange(disks[1].path, damaged, 1)[0] ^ 0x40]));
+      writeAt(disks[1].path, damaged, Buffer.from([readAt(disks[1].path, damaged, 1)[0] ^ 0x40]));
       const bad = await runQemu({ accel, disks, exec: `disk verify 1 ${offset} ${length} 99` });
       assert.equal(bad.guestStatus, 1, bad.output);
       assert.match(bad.output, new RegExp(`^disk verify mismatch offset=${damaged}$`, 'm'));
@@ -82,7 +83,7 @@ for (const accel of ['kvm', 'tcg'] as Accel[]) {
       const disks = [{ path: images.create('a.img', 4 * MiB) }];
       const data = Buffer.alloc(MiB + 1536);
       for (let i = 0; i < data.length; i++) data[i] = (i * 31 + (i >> 9)) & 0xff;
-      writeRange(disks[0].path, 512, data);
+      writeAt(disks[0].path, 512, data);
       const exit = await runQemu({ accel, disks, exec: `disk read 0 0x200 ${data.length}` });
       assert.equal(exit.guestStatus, 0, exit.output);
       const sha = createHash('sha256').update(data).digest('hex');
@@ -154,7 +155,7 @@ describe('Lifeboat guest under QEMU microvm (KVM): shell and workloads', functio
     const write = await runQemu({ disks: [{ path, readOnly: true }], exec: 'disk write 0 0 512 1' });
     assert.equal(write.guestStatus, 1, write.output);
     assert.match(write.output, /^error: disk 0 is read-only$/m);
-    assert.ok(readRange(path, 0, 512).every((b) => b === 0));
+    assert.ok(readAt(path, 0, 512).every((b) => b === 0));
   });
 
   it('takes the TSC frequency from lifeboat.tsc_khz when given (how TCG hosts without kvmclock are told)', async () => {

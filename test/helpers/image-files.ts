@@ -8,11 +8,16 @@ export function sparseImage(path: string, bytes: number): string {
   return path;
 }
 
+/** `length` bytes at `offset` (zeros past the end of the file). */
 export function readAt(path: string, offset: number, length: number): Buffer {
   const fd = openSync(path, 'r');
   try {
     const buf = Buffer.alloc(length);
-    readSync(fd, buf, 0, length, offset);
+    for (let done = 0; done < length; ) {
+      const n = readSync(fd, buf, done, length - done, offset + done);
+      if (n === 0) break;
+      done += n;
+    }
     return buf;
   } finally {
     closeSync(fd);
