@@ -17,6 +17,7 @@ import {
   type EventRow,
   type JobRow,
   type JobState,
+  type PointChunkDelta,
   type PointChunkRow,
   type PointRecord,
   type PointRow,
@@ -313,7 +314,8 @@ export class Catalog {
       // The point's count of each chunk (with a trusted delta, of the changed chunks only: a lookup per
       // reference instead of a map entry per chunk).
       const uses = new Map<string, { ref: ChunkReference; uses: number }>();
-      for (const ref of point.chunks) {
+      const references = trusted ? point.delta!.references : undefined;
+      for (const ref of references ?? point.chunks) {
         if (trusted && !trusted.has(ref.id)) continue;
         const seen = uses.get(ref.id);
         if (seen) seen.uses++;
@@ -341,7 +343,9 @@ export class Catalog {
       const close = this.db.prepare('UPDATE chunk_spans SET to_seq = ? WHERE target_id = ? AND vm_id = ? AND chunk_id = ? AND to_seq IS NULL');
       const insertChunk = this.db.prepare('INSERT OR IGNORE INTO chunks (target_id, id, size, stored_size, pack) VALUES (?, ?, ?, ?, ?)');
       const open = this.db.prepare('INSERT INTO chunk_spans (target_id, vm_id, chunk_id, from_seq, to_seq, uses) VALUES (?, ?, ?, ?, NULL, ?)');
-      for (const id of changed) {
+      // In id order: the rows land in the B-trees (all keyed by chunk id) page after page, instead of
+      // at random over a file much larger than SQLite's page cache.
+      for (const id of [...changed].sort()) {
         if (lineage) close.run(seq, point.targetId, point.vmId, id);
         const now = uses.get(id);
         if (!now) continue;

@@ -100,8 +100,14 @@ export interface PointRecord {
 /** The chunks whose use count changed between a base point and a point (added, dropped or re-counted). */
 export interface PointChunkDelta {
   baseId: string;
-  /** Chunk ids (each once); the point's own counts come from `PointRecord.chunks`. */
+  /** Chunk ids (each once); the point's own counts come from `PointRecord.chunks`, or from `references`. */
   changed: string[];
+  /**
+   * The point's references to its changed chunks (each once per use, as `PointRecord.chunks` lists them).
+   * When the catalog trusts the delta it counts these instead of the whole chunk list, which it then never
+   * reads (a backup builds that list only if it is read).
+   */
+  references?: ChunkReference[];
 }
 
 /** A recovery point as listed by the catalog (without its chunk list). */

@@ -1,10 +1,12 @@
-// Bundles the start-up path of `lifeboat vm run` / `vm restore` in place, after `tsc` (npm run build):
-//   - dist/src/cli/main.js, with the `vm run` and `vm restore` commands and the VMM code they load
+// Bundles the start-up path of `lifeboat vm run` / `vm restore` / `backup` in place, after `tsc` (npm run build):
+//   - dist/src/cli/main.js, with the `vm run`, `vm restore` and `backup` commands and the code they load
 //     (split into chunks dist/src/cli/startup-HASH.js, loaded only when one of those commands runs);
-//   - dist/vmm/vcpu-worker.js and dist/vmm/devices/virtio/io-worker.js, the worker threads' entries.
+//   - dist/vmm/vcpu-worker.js, dist/vmm/devices/virtio/io-worker.js and
+//     dist/replication/repository/chunk-worker.js, the worker threads' entries.
 // Node 20 loads ES modules one by one (resolve, read, compile, link: ~0.7 ms each on this project's
 // machine, more while other threads start); `vm run` loaded 67 on its main thread, 27 in each vCPU
-// worker and 13 in the virtio I/O worker. Measurements: docs/benchmarks.md, "VMM (issue 3)".
+// worker and 13 in the virtio I/O worker; `backup` ~60 on its main thread. Measurements:
+// docs/benchmarks.md, "VMM (issue 3)" and "Repository (issue 5)".
 //
 // Each bundle is a drop-in replacement for the file it overwrites: every other module of the build is
 // untouched, other commands still load theirs, and `tsc` alone gives back the unbundled build. Inside a
@@ -47,7 +49,11 @@ interface Target {
 
 function targets(root: string): Target[] {
   const cli = join(root, 'src', 'cli');
-  const bundledCommands = new Set(['index.js', 'vm-run.js', 'restore-vm.js'].map((f) => join(cli, 'commands', f)));
+  // `backup` with the helpers it shares with other commands: one copy of each module per process (the
+  // target error classes are told apart with instanceof).
+  const bundledCommands = new Set(
+    ['index.js', 'vm-run.js', 'restore-vm.js', 'backup.js', 'repository-cli.js', 'catalog-record.js'].map((f) => join(cli, 'commands', f)),
+  );
   return [
     {
       entry: 'src/cli/main.js',
@@ -59,6 +65,7 @@ function targets(root: string): Target[] {
     },
     { entry: 'vmm/vcpu-worker.js' },
     { entry: 'vmm/devices/virtio/io-worker.js' },
+    { entry: 'replication/repository/chunk-worker.js' },
   ];
 }
 

@@ -706,8 +706,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     // The condemned record is read after the lease exists (see gc.ts): chunks in condemned packs are
     // never reused, and packs that are missing or the wrong size are left out of the index.
     const condemned = await readCondemned(repo.target);
-    const present = await repo.listPacks();
-    const index = await repo.loadIndex({ exclude: new Set(condemned?.packs ?? []), present, onlyPresent: true });
+    const index = await repo.loadIndex({ exclude: new Set(condemned?.packs ?? []), present: repo.listPacks(), onlyPresent: true });
     trace(`index loaded (${index.size} blobs)`);
     const parent = await resolveParent(repo, options);
     trace('parent chosen');

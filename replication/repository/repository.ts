@@ -319,17 +319,18 @@ export class Repository {
    * backup). `present`: the packs on the target (listPacks()); a blob in several packs is then looked up
    * in one that exists with the right size and is not in `avoid`; with `onlyPresent`, packs that are
    * missing or the wrong size are left out (writers use this so that they never reuse a lost chunk).
+   * `present` may be a listing still under way: the index objects are listed meanwhile.
    */
   async loadIndex(
-    options: { exclude?: Set<string>; present?: Map<string, number>; avoid?: Set<string>; onlyPresent?: boolean } = {},
+    options: { exclude?: Set<string>; present?: Map<string, number> | Promise<Map<string, number>>; avoid?: Set<string>; onlyPresent?: boolean } = {},
   ): Promise<ChunkIndex> {
     const index = new ChunkIndex();
-    const ids = await this.listIndexIds();
+    const [ids, present] = await Promise.all([this.listIndexIds(), options.present]);
     await mapLimit(ids, LOAD_CONCURRENCY, async (id) => {
       for (const contents of await this.readIndexObject(id)) {
         const packId = contents.packId.toString('hex');
         if (options.exclude?.has(packId)) continue;
-        const here = !options.present || options.present.get(packId) === contents.packSize;
+        const here = !present || present.get(packId) === contents.packSize;
         if (!here && options.onlyPresent) continue;
         index.addPack(contents, !here ? PACK_RANK.missing : options.avoid?.has(packId) ? PACK_RANK.condemned : PACK_RANK.present);
       }

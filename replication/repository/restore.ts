@@ -96,7 +96,7 @@ export async function restore(repo: Repository, options: RestoreOptions): Promis
     const { label, image } = selectImage(options.pointId, manifest, options.disk, options.memory);
     const context = `point ${options.pointId} ${label}`;
     const condemned = await readCondemned(repo.target);
-    const index = await repo.loadIndex({ present: await repo.listPacks(), avoid: new Set(condemned?.packs ?? []) });
+    const index = await repo.loadIndex({ present: repo.listPacks(), avoid: new Set(condemned?.packs ?? []) });
     const map = await repo.readExtentMap(image, index, context);
 
     // Where each distinct blob goes: a blob is fetched and decoded once, then every extent taking bytes
@@ -214,7 +214,7 @@ export async function readDeviceState(repo: Repository, pointId: string): Promis
   const state = manifest.memory?.deviceState;
   if (!state) return null;
   const condemned = await readCondemned(repo.target);
-  const index = await repo.loadIndex({ present: await repo.listPacks(), avoid: new Set(condemned?.packs ?? []) });
+  const index = await repo.loadIndex({ present: repo.listPacks(), avoid: new Set(condemned?.packs ?? []) });
   const loc = index.get(Buffer.from(state, 'hex'));
   if (!loc) throw new MissingObjectError(`point ${pointId} memory: the device state blob is in no pack`);
   try {

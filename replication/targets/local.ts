@@ -25,6 +25,8 @@ export interface LocalTargetOptions {
 }
 
 const TEMP_PREFIX = '.tmp-';
+/** stat() calls in flight at once while listing (the thread pool has 4 threads by default). */
+const LIST_STAT_CONCURRENCY = 32;
 const KEY_SEGMENT = /^[A-Za-z0-9_-][A-Za-z0-9._-]*$/;
 
 function errnoOf(err: unknown): string | undefined {
@@ -170,36 +172,56 @@ export class LocalTarget implements Target {
     }
   }
 
+  /**
+   * The directories of one level are read together and the files found stat()ed together (a few
+   * dozen at a time): a repository lists hundreds of packs and index objects per backup, and one
+   * stat after another costs a round trip through the thread pool each.
+   */
   async *list(prefix: string): AsyncIterable<ObjectInfo> {
     const slash = prefix.lastIndexOf('/');
     const base = slash < 0 ? '' : prefix.slice(0, slash);
     const start = base ? join(this.root, ...base.split('/')) : this.root;
-    const stack: { dir: string; keyPrefix: string }[] = [{ dir: start, keyPrefix: base ? `${base}/` : '' }];
-    while (stack.length) {
-      const { dir, keyPrefix } = stack.pop()!;
-      let entries;
-      try {
-        entries = await readdir(dir, { withFileTypes: true });
-      } catch (err) {
-        if (errnoOf(err) === 'ENOENT' || errnoOf(err) === 'ENOTDIR') continue;
-        throw this.translate(err, keyPrefix || '.', 'list');
-      }
-      for (const e of entries) {
-        if (e.name.startsWith(TEMP_PREFIX)) continue;
-        const key = keyPrefix + e.name;
-        if (e.isDirectory()) {
-          if (prefix.startsWith(key + '/') || (key + '/').startsWith(prefix) || key.startsWith(prefix)) {
-            stack.push({ dir: join(dir, e.name), keyPrefix: key + '/' });
-          }
-        } else if (e.isFile() && key.startsWith(prefix)) {
+    let level: { dir: string; keyPrefix: string }[] = [{ dir: start, keyPrefix: base ? `${base}/` : '' }];
+    while (level.length) {
+      const listed = await Promise.all(
+        level.map(async ({ dir, keyPrefix }) => {
           try {
-            const st = await stat(join(dir, e.name));
-            yield { key, size: st.size };
+            return { keyPrefix, dir, entries: await readdir(dir, { withFileTypes: true }) };
           } catch (err) {
-            if (errnoOf(err) !== 'ENOENT') throw err; // deleted while listing
+            if (errnoOf(err) === 'ENOENT' || errnoOf(err) === 'ENOTDIR') return { keyPrefix, dir, entries: [] };
+            throw this.translate(err, keyPrefix || '.', 'list');
+          }
+        }),
+      );
+      const next: typeof level = [];
+      const files: { key: string; path: string }[] = [];
+      for (const { dir, keyPrefix, entries } of listed) {
+        for (const e of entries) {
+          if (e.name.startsWith(TEMP_PREFIX)) continue;
+          const key = keyPrefix + e.name;
+          if (e.isDirectory()) {
+            if (prefix.startsWith(key + '/') || (key + '/').startsWith(prefix) || key.startsWith(prefix)) {
+              next.push({ dir: join(dir, e.name), keyPrefix: key + '/' });
+            }
+          } else if (e.isFile() && key.startsWith(prefix)) {
+            files.push({ key, path: join(dir, e.name) });
           }
         }
       }
+      for (let i = 0; i < files.length; i += LIST_STAT_CONCURRENCY) {
+        const sizes = await Promise.all(
+          files.slice(i, i + LIST_STAT_CONCURRENCY).map(async ({ path }) => {
+            try {
+              return (await stat(path)).size;
+            } catch (err) {
+              if (errnoOf(err) !== 'ENOENT') throw err;
+              return null; // deleted while listing
+            }
+          }),
+        );
+        for (const [j, size] of sizes.entries()) if (size !== null) yield { key: files[i + j].key, size };
+      }
+      level = next;
     }
   }
 

@@ -7,6 +7,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { compareCatalogs, openCatalog, rebuildCatalog, type Catalog, type TargetRecord } from '../../catalog/index.js';
+import type { ChunkReference } from '../../catalog/records.js';
 import { backup, type BackupResult } from '../../replication/repository/backup.js';
 import { catalogIndex, committedPointRecord, repositoryRebuildSource } from '../../replication/repository/catalog-source.js';
 import { changeBitmapFromRanges } from '../../replication/repository/change-bitmap.js';
@@ -57,6 +58,14 @@ describe('catalog: recording backups as they run', function () {
       };
       const point = await backup(repo, { vm: { name: 'web', id: 'vm-web' }, disks: [{ name: 'vda', path: disk, bitmap }] });
       const record = await committedPointRecord(repo, point.pointId, point.manifest, targetRecord.id, { maps: point.maps, index: point.index });
+      if (record.delta) {
+        // The catalog counts the delta's own references instead of the full list: they must agree.
+        const changed = new Set(record.delta.changed);
+        const counts = (refs: ChunkReference[]) => [...refs.filter((r) => changed.has(r.id)).reduce((m, r) => m.set(r.id, (m.get(r.id) ?? 0) + 1), new Map<string, number>())].sort();
+        const references = record.delta!.references;
+        assert.ok(references, 'an incremental record carries its references to the changed chunks');
+        assert.deepEqual(counts(references), counts(record.chunks));
+      }
       records.push({ delta: record.delta !== undefined, changed: record.delta?.changed.length ?? 0, chunks: new Set(record.chunks.map((c) => c.id)).size });
       catalog.transaction(() => catalog.recordPoint(record));
       return point;

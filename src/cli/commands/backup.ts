@@ -174,7 +174,7 @@ export const backupCommand: Command = {
         await catalog.update(
           async () => {
             const record = await committedPointRecord(repo, point.pointId, point.manifest, target.id, { maps: point.maps, index: point.index, parentMaps: point.parentMaps });
-            trace(`catalog record of ${record.chunks.length} chunk references built`);
+            trace(`catalog record built${record.delta ? ` (delta of ${record.delta.changed.length} chunks)` : ''}`);
             return record;
           },
           (c, record) => {
