@@ -24,6 +24,12 @@ export const KERNEL_64BIT_ENTRY_OFFSET = 0x200;
 
 /** A 1 GiB hole below 4 GiB for MMIO devices; RAM above it is split around the hole. */
 export const MMIO_HOLE_START = 0xc0000000;
+/**
+ * Most guest memory a VM can have: guest memory is one memfd that every thread sees as one typed-array
+ * view, and Node 20's typed arrays stop short of 4 GiB (2^32 - 1 elements); above the MMIO hole memory
+ * also comes in 2 MiB steps.
+ */
+export const MAX_MEMORY_MIB = 4094;
 export const MMIO_HOLE_SIZE = 0x40000000;
 export const VIRTIO_MMIO_BASE = 0xc0001000;
 export const VIRTIO_MMIO_STRIDE = 0x1000;

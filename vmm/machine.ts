@@ -17,19 +17,20 @@ import { classifyKernel, probeHost, refuseLinuxOnPvm } from './host-probe.js';
 import { VmmError } from './kvm/errors.js';
 import { Kvm } from './kvm/system.js';
 import type { VmFd, VmState } from './kvm/vm.js';
-import { COM1_GSI, HIGH_MEMORY_START, KVM_TSS_ADDR } from './layout.js';
+import { COM1_GSI, HIGH_MEMORY_START } from './layout.js';
 import { GuestMemory } from './memory.js';
 import * as libc from './sys/libc.js';
 import * as ctl from './vcpu-control.js';
 import type { VcpuState } from './vcpu-state.js';
 import { VcpuSet, type MachineEvent } from './vcpus.js';
-import { enableDirtyLogging, type DirtyLogMode } from './tracking/dirty-memory.js';
+import type { DirtyLogMode } from './tracking/dirty-memory.js';
 import { DiskTracking } from './tracking/disk-tracking.js';
 import { recoveryControlOps } from './snapshot/control-ops.js';
 import type { PreparedKvm, PreparedVm } from './snapshot/prepared-vm.js';
 import type { RestoredChain } from './snapshot/snapshot.js';
 import { SnapshotService } from './snapshot/snapshot-service.js';
 import { checkVcpuLimit, type ValidatedConfig } from './vm-config.js';
+import { createVmPlatform } from './vm-platform.js';
 
 /** How a boot of the machine ended. */
 export type MachineExit =
@@ -98,13 +99,8 @@ export async function bootMachine(config: ValidatedConfig, options: BootOptions)
       dirtyLogMode = prepared.dirtyLogMode;
       trace('prepared VM');
     } else {
-      // Manual-protect dirty logging must be enabled before the slots exist (vmm/tracking/dirty-memory.ts).
-      dirtyLogMode = options.logDirtyPages ? enableDirtyLogging(vm) : undefined;
-      // The slots before the irqchip and PIT: KVM_SET_USER_MEMORY_REGION then takes ~0.3 ms here, after them 3-10 ms.
-      vm.mapMemory(memory.regions, memory.shared.hostAddress, dirtyLogMode !== undefined);
-      trace('guest memory');
-      vm.createPlatform(KVM_TSS_ADDR);
-      trace('create VM');
+      dirtyLogMode = createVmPlatform(vm, memory.regions, memory.shared.hostAddress, options.logDirtyPages === true);
+      trace('guest memory, create VM');
     }
 
     // A restored vCPU gets its CPUID from the snapshot: KVM_GET_SUPPORTED_CPUID (0.5-4 ms here) only for a boot.

@@ -10,7 +10,7 @@ const pool: Worker[] = [];
 const loadedOf = new WeakMap<Worker, Promise<void>>();
 
 /** Most workers started ahead of time. */
-const MAX_PREWARM = 64;
+export const MAX_PREWARM = 64;
 
 /**
  * A new vCPU worker. Node pipes a worker's stdout and stderr into this process's, one 'error' listener

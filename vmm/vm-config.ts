@@ -10,15 +10,10 @@ import { readKernelImage, type KernelImage } from './boot/bzimage.js';
 import { BootError } from './boot/errors.js';
 import { encodeCmdline } from './boot/zero-page.js';
 import { VmmError } from './kvm/errors.js';
-import { MMIO_HOLE_START, VIRTIO_FIRST_GSI, VIRTIO_LAST_GSI } from './layout.js';
+import { MAX_MEMORY_MIB, MMIO_HOLE_START, VIRTIO_FIRST_GSI, VIRTIO_LAST_GSI } from './layout.js';
 
 export const SECTOR_SIZE = 512;
 export const MIN_MEMORY_MIB = 16;
-/**
- * Guest memory is one memfd that every thread sees as one typed-array view, and Node 20's typed arrays
- * stop short of 4 GiB (2^32 - 1 elements); above the MMIO hole memory also comes in 2 MiB steps.
- */
-export const MAX_MEMORY_MIB = 4094;
 export const DEFAULT_MEMORY_MIB = 256;
 export const DEFAULT_VCPUS = 1;
 export const MAX_DISKS = VIRTIO_LAST_GSI - VIRTIO_FIRST_GSI + 1;

@@ -1,19 +1,17 @@
 // A KVM VM made ahead of a restore, for a warm standby (src/cli/commands/vm-standby.ts): /dev/kvm opened
 // and checked, the VM created with dirty logging, its memory slots registered over an address range
 // reserved for guest memory (PROT_NONE, nothing allocated), then irqchip, PIT and TSS, in the boot
-// recipe's order (slots before the irqchip: KVM_SET_USER_MEMORY_REGION takes ~0.5 ms then, ~5 ms after
-// it on this project's PVM host). A restore maps the snapshot's memory over the reservation
+// recipe's order (vm-platform.ts). A restore maps the snapshot's memory over the reservation
 // (MAP_FIXED: KVM follows the new mapping, its slots are addresses in this process) and boots the
 // machine on this VM instead of building one. Only a snapshot of the size it was prepared for can use
 // it; any other is restored the usual way.
 import { VmmError } from '../kvm/errors.js';
 import { Kvm } from '../kvm/system.js';
 import type { VmFd } from '../kvm/vm.js';
-import { KVM_TSS_ADDR } from '../layout.js';
 import { layoutRegions } from '../memory.js';
 import * as libc from '../sys/libc.js';
-import { enableDirtyLogging, type DirtyLogMode } from '../tracking/dirty-memory.js';
-
+import type { DirtyLogMode } from '../tracking/dirty-memory.js';
+import { createVmPlatform } from '../vm-platform.js';
 
 /** What bootMachine takes over from a prepared VM (it closes them from then on). */
 export interface PreparedKvm {
@@ -39,11 +37,8 @@ export class PreparedVm {
     let hostAddress: bigint | undefined;
     try {
       vm = kvm.createVm();
-      // Manual-protect dirty logging must be enabled before the slots exist (vmm/tracking/dirty-memory.ts).
-      const dirtyLogMode = enableDirtyLogging(vm);
       hostAddress = libc.mmap(memoryBytes, libc.PROT_NONE, libc.MAP_PRIVATE | libc.MAP_ANONYMOUS | libc.MAP_NORESERVE, -1, 0);
-      vm.mapMemory(layoutRegions(memoryBytes), hostAddress, true);
-      vm.createPlatform(KVM_TSS_ADDR);
+      const dirtyLogMode = createVmPlatform(vm, layoutRegions(memoryBytes), hostAddress, true)!;
       return new PreparedVm({ kvm, vm, dirtyLogMode }, memoryBytes, hostAddress);
     } catch (err) {
       if (hostAddress !== undefined) libc.munmap(hostAddress, memoryBytes);

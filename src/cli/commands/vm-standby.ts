@@ -6,7 +6,8 @@ import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { setFlagsFromString } from 'node:v8';
 import type { ControlHandlers, ControlSocket } from '../../../vmm/index.js';
-import { prewarmedLoaded, prewarmVcpuWorkers } from '../../../vmm/vcpu-prewarm.js';
+import { MAX_MEMORY_MIB } from '../../../vmm/layout.js';
+import { MAX_PREWARM, prewarmedLoaded, prewarmVcpuWorkers } from '../../../vmm/vcpu-prewarm.js';
 import { UsageError, type Command } from '../command.js';
 import type { PreparedVm } from '../../../vmm/snapshot/prepared-vm.js';
 import type { RestoreSpec } from './restore-vm.js';
@@ -29,10 +30,6 @@ async function loadVmmCode(): Promise<void> {
   ]);
 }
 
-/** vcpu-prewarm.ts starts at most this many workers ahead of time. */
-const MAX_STANDBY_VCPUS = 64;
-/** `vm run --mem`'s limit (guest memory is one typed-array view, docs/vmm.md). */
-const MAX_STANDBY_MEM_MIB = 4094;
 
 const help = `Usage: lifeboat vm standby --api-sock PATH [--vcpus N] [--mem MiB]
 
@@ -48,7 +45,7 @@ one VM; a restore that fails before the VM runs leaves it waiting for another re
 
 Options:
   --api-sock PATH       control socket to listen on (required)
-  --vcpus N             vCPU worker threads to start ahead (default 1, at most ${MAX_STANDBY_VCPUS}); a
+  --vcpus N             vCPU worker threads to start ahead (default 1, at most ${MAX_PREWARM}); a
                         snapshot with more vCPUs starts the others when it is restored
   --mem MiB             the memory size of the VM it will restore: its KVM VM (memory slots over a
                         reserved address range, irqchip, PIT) is made ahead too. A snapshot of
@@ -103,11 +100,11 @@ export const vmStandby: Command = {
     if (!path) throw new UsageError('--api-sock PATH is required: the standby waits for its restore request there');
     const vcpusText = values.vcpus ?? '1';
     const vcpus = /^\d+$/.test(vcpusText.trim()) ? Number(vcpusText) : NaN;
-    if (!(vcpus >= 1 && vcpus <= MAX_STANDBY_VCPUS)) throw new UsageError(`--vcpus must be a whole number from 1 to ${MAX_STANDBY_VCPUS}, got '${vcpusText}'`);
+    if (!(vcpus >= 1 && vcpus <= MAX_PREWARM)) throw new UsageError(`--vcpus must be a whole number from 1 to ${MAX_PREWARM}, got '${vcpusText}'`);
     let memoryBytes: number | undefined;
     if (values.mem !== undefined) {
       const mib = /^\d+$/.test(values.mem.trim()) ? Number(values.mem) : NaN;
-      if (!(mib >= 1 && mib <= MAX_STANDBY_MEM_MIB)) throw new UsageError(`--mem must be a whole number of MiB from 1 to ${MAX_STANDBY_MEM_MIB}, got '${values.mem}'`);
+      if (!(mib >= 1 && mib <= MAX_MEMORY_MIB)) throw new UsageError(`--mem must be a whole number of MiB from 1 to ${MAX_MEMORY_MIB}, got '${values.mem}'`);
       memoryBytes = mib * 2 ** 20;
     }
     await loadVmmCode();
