@@ -11,6 +11,12 @@
 //
 //   node dist/scripts/bench-snapshot.js [--runs 3] [--mem 1024] [--vcpus 2] [--dirty-percent 5]
 //                                      [--no-qemu] [--no-throughput] [--docs] [--keep-node-extra-ca-certs]
+//                                      [--pause-runs N [--baseline-cli OTHER/dist/src/cli/main.js]]
+//
+// --pause-runs N first takes N diff snapshots of one booted VM (and N migrations of one QEMU) and reports
+// the pause alone: medians, each step of ours (the snapshot's own timeline: vmm/snapshot/pause-timing.ts),
+// the KVM ioctls a consistent snapshot cannot do without (the floor), and QEMU's downtime from its
+// trace events (microseconds; QMP reports whole ms). --baseline-cli interleaves another build's CLI.
 //
 // Our VMM runs without NODE_EXTRA_CA_CERTS unless --keep-node-extra-ca-certs (see scripts/bench-boot.ts:
 // Node 20 parses the whole CA bundle at start-up when it is set, a cost of the environment).
@@ -27,6 +33,7 @@ import { controlRequest } from '../vmm/control-socket.js';
 import { projectRoot } from '../src/util/project-root.js';
 import { qemuArgs } from '../test/helpers/qemu.js';
 import { isBundled } from './bundle.js';
+import { VM_STATE_STEP, type PauseStep } from '../vmm/snapshot/pause-timing.js';
 
 const MAIN = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
 /** Whether this build's CLI was bundled by scripts/bundle.ts (npm run build) or is plain tsc output. */
@@ -98,6 +105,8 @@ async function op(socket: string, request: { op: string } & Record<string, unkno
 
 interface OursSample {
   pauseMs: number;
+  /** Where the pause went (the snapshot's own timeline, see vmm/snapshot/pause-timing.ts). */
+  pauseSteps: PauseStep[];
   totalMs: number;
   diffBytes: number;
   diffPages: number;
@@ -148,7 +157,7 @@ async function ours(dir: string, mem: number, vcpus: number, dirtyPages: number)
       const opened = /trace: snapshot opened \(memory mapped: (\d+) diff ranges mapped, (\d+) copied\) \(t=([\d.]+) ms\)/.exec(restored.err);
       if (!opened) throw new Error(`no 'snapshot opened' in the restore's trace: ${restored.err}`);
       cold = {
-        pauseMs: diff.pauseMs as number, totalMs: diff.totalMs as number, diffBytes: diff.diskBytes as number, diffPages: diff.memoryPages as number,
+        pauseMs: diff.pauseMs as number, pauseSteps: diff.pauseSteps as PauseStep[], totalMs: diff.totalMs as number, diffBytes: diff.diskBytes as number, diffPages: diff.memoryPages as number,
         restoreWallMs: wall, startupMs: started, restoreVmmMs: at('run') - started, openMs: Number(opened[3]) - started,
         mappedRanges: Number(opened[1]), copiedRanges: Number(opened[2]), verifyMs: at('snapshot verified') - at('run'),
       };
@@ -321,7 +330,10 @@ async function qmp(socket: string, command: Record<string, unknown>): Promise<Re
 }
 
 interface QemuSample {
+  /** query-migrate's `downtime` (integer ms). */
   downtimeMs: number;
+  /** The same from QEMU's trace events, to the microsecond (see tracedDowntime). */
+  tracedDowntimeMs: number;
   totalMs: number;
   bytes: number;
   /** The same migration with the VM stopped first (`stop`, then migrate): it stays paused throughout. */
@@ -347,12 +359,14 @@ async function qemu(dir: string, mem: number, vcpus: number, dirtyPages: number)
   const sock = join(dir, 'qmp.sock');
   const file = join(dir, 'qemu.migration');
   const base = qemuArgs({ memoryMiB: mem, cpus: vcpus });
-  const vm = new Proc('qemu-system-x86_64', [...base, '-qmp', `unix:${sock},server=on,wait=off`]);
+  const traceLog = join(dir, 'qemu-trace.log');
+  const vm = new Proc('qemu-system-x86_64', [...base, '-qmp', `unix:${sock},server=on,wait=off`, ...QEMU_DOWNTIME_TRACE(traceLog)]);
   try {
     await vm.until(() => vm.out.endsWith(PROMPT), 'QEMU boot');
     const dirtied = await vm.command(`mem dirty ${dirtyPages}`);
     if (!dirtied.includes(`mem dirty pages=${dirtyPages}`)) throw new Error(`mem dirty under QEMU: ${dirtied}`);
     const info = await migrate(sock, file);
+    const tracedDowntimeMs = tracedDowntime(readFileSync(traceLog, 'latin1'));
     // After a completed migration the source is paused; run it again, then save it stopped.
     await qmp(sock, { execute: 'cont' });
     await qmp(sock, { execute: 'stop' });
@@ -378,7 +392,7 @@ async function qemu(dir: string, mem: number, vcpus: number, dirtyPages: number)
       const alive = await restored.command('info', 30_000);
       if (!alive.includes('info cpus=')) throw new Error(`the restored QEMU guest does not answer: ${alive}`);
       cold = {
-        downtimeMs: info.downtime as number, totalMs: info['total-time'] as number, bytes: statSync(file).size,
+        downtimeMs: info.downtime as number, tracedDowntimeMs, totalMs: info['total-time'] as number, bytes: statSync(file).size,
         stoppedTotalMs: stopped['total-time'] as number, restoreWallMs: wall, startupMs,
       };
     } finally {
@@ -389,6 +403,77 @@ async function qemu(dir: string, mem: number, vcpus: number, dirtyPages: number)
   } finally {
     await vm.kill();
   }
+}
+
+/**
+ * The pause alone, many times per boot (`--pause-runs N`): after a full snapshot, N rounds of
+ * `mem dirty` then a diff snapshot, each diff over the one before. Each sample: our pause and its
+ * steps (the snapshot's own timeline).
+ */
+async function oursPauses(dir: string, mem: number, vcpus: number, dirtyPages: number, n: number, cli = MAIN): Promise<Array<{ pauseMs: number; steps: PauseStep[] }>> {
+  const sock = join(dir, 'vm.sock');
+  const vm = new Proc(process.execPath, [cli, 'vm', 'run', '--mem', String(mem), '--vcpus', String(vcpus), '--api-sock', sock], vmmEnv());
+  const out: Array<{ pauseMs: number; steps: PauseStep[] }> = [];
+  try {
+    await vm.until(() => vm.out.endsWith(PROMPT), 'boot');
+    await op(sock, { op: 'snapshot.create', kind: 'full', out: join(dir, 'full') });
+    rmSync(join(dir, 'full'), { recursive: true, force: true }); // the diffs' base is the VMM's record of it, not the files
+    for (let i = 0; i < n; i++) {
+      const dirtied = await vm.command(`mem dirty ${dirtyPages}`);
+      if (!dirtied.includes(`mem dirty pages=${dirtyPages}`)) throw new Error(`mem dirty: ${dirtied}`);
+      const diff = await op(sock, { op: 'snapshot.create', kind: 'diff', out: join(dir, `diff-${i}`) });
+      out.push({ pauseMs: diff.pauseMs as number, steps: (diff.pauseSteps as PauseStep[] | undefined) ?? [] });
+      rmSync(join(dir, `diff-${i}`), { recursive: true, force: true });
+    }
+    return out;
+  } finally {
+    await vm.kill();
+  }
+}
+
+/**
+ * QEMU's downtime at microsecond resolution, from its own trace events (log backend, `-msg
+ * timestamp=on`): from `runstate_set` into finish-migrate (the stop request: its vCPUs are paused
+ * next) to `migrate_set_state` into completed (the state saved; what query-migrate's integer
+ * `downtime` counts, give or take its rounding).
+ */
+async function qemuPauses(dir: string, mem: number, vcpus: number, dirtyPages: number, n: number): Promise<Array<{ downtimeMs: number; tracedMs: number }>> {
+  const sock = join(dir, 'qmp-pause.sock');
+  const log = join(dir, 'qemu-trace.log');
+  const base = qemuArgs({ memoryMiB: mem, cpus: vcpus });
+  const vm = new Proc('qemu-system-x86_64', [...base, '-qmp', `unix:${sock},server=on,wait=off`, ...QEMU_DOWNTIME_TRACE(log)]);
+  const out: Array<{ downtimeMs: number; tracedMs: number }> = [];
+  try {
+    await vm.until(() => vm.out.endsWith(PROMPT), 'QEMU boot');
+    for (let i = 0; i < n; i++) {
+      const dirtied = await vm.command(`mem dirty ${dirtyPages}`);
+      if (!dirtied.includes(`mem dirty pages=${dirtyPages}`)) throw new Error(`mem dirty under QEMU: ${dirtied}`);
+      const from = existsSync(log) ? statSync(log).size : 0;
+      const file = join(dir, `qemu-${i}.migration`);
+      const info = await migrate(sock, file);
+      await qmp(sock, { execute: 'cont' });
+      rmSync(file, { force: true });
+      out.push({ downtimeMs: info.downtime as number, tracedMs: tracedDowntime(readFileSync(log, 'latin1').slice(from)) });
+    }
+    return out;
+  } finally {
+    await vm.kill();
+  }
+}
+
+/** QEMU options for tracedDowntime: the two trace events, with timestamps, into `log`. */
+const QEMU_DOWNTIME_TRACE = (log: string) => ['-msg', 'timestamp=on', '-D', log, '-trace', 'enable=runstate_set', '-trace', 'enable=migrate_set_state'];
+
+/** Stop (runstate -> finish-migrate) to completed, from a QEMU trace log with timestamps (PID@SEC.USEC:event ...). */
+function tracedDowntime(log: string): number {
+  const at = (re: RegExp) => {
+    for (const line of log.split('\n')) {
+      const m = /^\d+@(\d+)\.(\d{6}):(.*)$/.exec(line);
+      if (m && re.test(m[3]!)) return Number(m[1]) * 1000 + Number(m[2]) / 1000;
+    }
+    throw new Error(`QEMU trace: no event matching ${re} in: ${log.slice(0, 600)}`);
+  };
+  return at(/^migrate_set_state new state completed\b/) - at(/^runstate_set .*new_state \d+ \(finish-migrate\)/);
 }
 
 interface Throughput {
@@ -441,14 +526,132 @@ const median = (xs: number[]) => {
 const fmt = (n: number, digits = 1) => n.toFixed(digits);
 const mib = (b: number) => `${fmt(b / 2 ** 20)} MiB`;
 
+/**
+ * The same ioctls as a snapshot's pause, warm (`--pause-runs` also runs this): each repeated `n` times in a
+ * tight loop on a 1 GiB VM with dirty logging and one vCPU (that has not run), on this thread. Within a
+ * pause they cost more (cold caches, a vCPU thread just woken on another CPU); this is the lower bound.
+ */
+async function warmIoctlCosts(n: number): Promise<Array<{ name: string; vcpu: boolean; minUs: number; medianUs: number }>> {
+  const { Kvm } = await import('../vmm/kvm/system.js');
+  const { VcpuFd } = await import('../vmm/kvm/vcpu.js');
+  const { GuestMemory } = await import('../vmm/memory.js');
+  const { KVM_TSS_ADDR } = await import('../vmm/layout.js');
+  const { enableDirtyLogging } = await import('../vmm/tracking/dirty-memory.js');
+  const { AREA_TIMED, saveVcpuStateInto, VcpuStateArea, VCPU_STATE_AREA_BYTES } = await import('../vmm/vcpu-state.js');
+  const kvm = Kvm.open();
+  const vm = kvm.createVm();
+  const memory = GuestMemory.create(2 ** 30);
+  try {
+    vm.createPlatform(KVM_TSS_ADDR);
+    enableDirtyLogging(vm);
+    vm.mapMemory(memory.regions, memory.shared.hostAddress, true);
+    const vcpu = new VcpuFd(vm.createVcpu(0), 0);
+    const area = new VcpuStateArea(new SharedArrayBuffer(VCPU_STATE_AREA_BYTES), 0);
+    const msrs = kvm.msrIndexList();
+    const xsave = kvm.xsave2Size();
+    const samples = new Map<string, number[]>();
+    const add = (name: string, us: number) => samples.set(name, [...(samples.get(name) ?? []), us]);
+    const time = (name: string, f: () => void) => {
+      const t = performance.now();
+      f();
+      add(name, (performance.now() - t) * 1000);
+    };
+    saveVcpuStateInto(vcpu, area, msrs, xsave); // the first save reads CPUID and finds the readable MSRs
+    for (let i = 0; i < n; i++) {
+      saveVcpuStateInto(vcpu, area, msrs, xsave);
+      AREA_TIMED.slice(0, 9).forEach((name, k) => add(name, area.timing[k]!));
+      time('GET_DIRTY_LOG', () => vm.getDirtyLog(0, memory.size / PAGE));
+      time('GET_CLOCK', () => vm.getClock());
+      time('GET_PIT2', () => vm.getPit2());
+      time('GET_IRQCHIP x3', () => [0, 1, 2].forEach((chip) => vm.getIrqchip(chip)));
+    }
+    vcpu.close();
+    return [...samples].map(([name, xs]) => ({ name, vcpu: !name.startsWith('GET_'), minUs: Math.min(...xs), medianUs: median(xs) }));
+  } finally {
+    memory.close();
+    vm.close();
+    kvm.close();
+  }
+}
+
+/** `--pause-runs`: our pause and QEMU's downtime, N of each, ours and QEMU's alternating by boot. */
+async function pauseReport(mem: number, vcpus: number, dirtyPages: number, n: number, withQemu: boolean, baselineCli?: string): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), 'lifeboat-bench-pause-'));
+  const ours: Array<{ pauseMs: number; steps: PauseStep[] }> = [];
+  const baseline: number[] = [];
+  const theirs: Array<{ downtimeMs: number; tracedMs: number }> = [];
+  const load = [loadavg()[0]!];
+  try {
+    // Boots of each in turn (4 rounds), so a change in the machine's load hits all alike.
+    const rounds = Math.min(4, n);
+    for (const take of Array.from({ length: rounds }, (_, r) => Math.floor((n * (r + 1)) / rounds) - Math.floor((n * r) / rounds))) {
+      if (take === 0) continue;
+      ours.push(...await oursPauses(dir, mem, vcpus, dirtyPages, take));
+      if (baselineCli) baseline.push(...(await oursPauses(dir, mem, vcpus, dirtyPages, take, baselineCli)).map((p) => p.pauseMs));
+      if (withQemu) theirs.push(...await qemuPauses(dir, mem, vcpus, dirtyPages, take));
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+  load.push(loadavg()[0]!);
+  const lines = [`Pause alone: ${n} diff snapshots of one VM (${mem} MiB, ${vcpus} vCPUs, \`mem dirty ${dirtyPages}\` before each), load average ${load.map((l) => l.toFixed(1)).join(' -> ')}`, ''];
+  const pauses = ours.map((o) => o.pauseMs);
+  lines.push(`ours: pause median ${fmt(median(pauses), 3)} ms (min ${fmt(Math.min(...pauses), 3)}, max ${fmt(Math.max(...pauses), 3)})`);
+  if (baseline.length) lines.push(`baseline (${baselineCli}): pause median ${fmt(median(baseline), 3)} ms (min ${fmt(Math.min(...baseline), 3)}, max ${fmt(Math.max(...baseline), 3)})`);
+  if (theirs.length) {
+    lines.push(`QEMU: downtime (QMP) median ${fmt(median(theirs.map((t) => t.downtimeMs)))} ms; traced stop-to-completed median ${fmt(median(theirs.map((t) => t.tracedMs)), 3)} ms ` +
+      `(min ${fmt(Math.min(...theirs.map((t) => t.tracedMs)), 3)}, max ${fmt(Math.max(...theirs.map((t) => t.tracedMs)), 3)})`);
+  }
+  // The floor: the KVM ioctls a consistent snapshot cannot do without while paused, as measured in
+  // each pause: every vCPU's state (the vCPUs read theirs in parallel), the VM's, the dirty log.
+  const VCPU_IOCTLS = ['MP_STATE', 'REGS', 'SREGS', 'XSAVE', 'XCRS', 'DEBUGREGS', 'LAPIC', 'MSRS', 'VCPU_EVENTS'];
+  const floors = ours.filter((o) => o.steps.some((st) => / vCPU \d+ MSRS$/.test(st.step))).map((o) => {
+    const us = (is: (step: string) => boolean) => o.steps.filter((st) => is(st.step)).reduce((a, st) => a + st.us, 0);
+    const perVcpu = Array.from({ length: vcpus }, (_, i) => VCPU_IOCTLS.reduce((a, name) => a + us((step) => step.trim() === `vCPU ${i} ${name}`), 0));
+    const vmWide = us((step) => step.includes('KVM_GET_DIRTY_LOG') || step === VM_STATE_STEP);
+    return { serial: perVcpu.reduce((a, b) => a + b, 0) + vmWide, parallel: Math.max(...perVcpu) + vmWide, vmWide, perVcpu: median(perVcpu) };
+  });
+  if (floors.length) {
+    lines.push('', `ioctl floor (µs, medians over the pauses): per vCPU ${fmt(median(floors.map((f) => f.perVcpu)), 0)} (${VCPU_IOCTLS.join(', ')}), ` +
+      `VM-wide ${fmt(median(floors.map((f) => f.vmWide)), 0)} (GET_DIRTY_LOG, then GET_CLOCK, GET_PIT2, GET_IRQCHIP x3 with their JS); ` +
+      `all in a row ${fmt(median(floors.map((f) => f.serial)), 0)} (min ${fmt(Math.min(...floors.map((f) => f.serial)), 0)}), ` +
+      `the vCPUs in parallel ${fmt(median(floors.map((f) => f.parallel)), 0)} (min ${fmt(Math.min(...floors.map((f) => f.parallel)), 0)})`);
+  }
+  const warm = await warmIoctlCosts(300);
+  const sum = (vcpu: boolean, k: 'minUs' | 'medianUs') => warm.filter((w) => w.vcpu === vcpu).reduce((a, w) => a + w[k], 0);
+  lines.push('', `the same ioctls warm (300 times each in a loop, µs, min/median): ${warm.map((w) => `${w.name} ${fmt(w.minUs)}/${fmt(w.medianUs)}`).join(', ')}; ` +
+    `per vCPU ${fmt(sum(true, 'minUs'), 0)}/${fmt(sum(true, 'medianUs'), 0)}, VM-wide ${fmt(sum(false, 'minUs'), 0)}/${fmt(sum(false, 'medianUs'), 0)}: ` +
+    `with ${vcpus} vCPUs in parallel ${fmt(sum(true, 'minUs') + sum(false, 'minUs'), 0)}/${fmt(sum(true, 'medianUs') + sum(false, 'medianUs'), 0)}, ` +
+    `in a row ${fmt(vcpus * sum(true, 'minUs') + sum(false, 'minUs'), 0)}/${fmt(vcpus * sum(true, 'medianUs') + sum(false, 'medianUs'), 0)}`);
+  lines.push('', '| step of our pause | median µs | min | max |', '| --- | --- | --- | --- |');
+  const names: string[] = [];
+  for (const o of ours) for (const st of o.steps) if (!names.includes(st.step)) names.push(st.step.replace(/\(\d+\)$/, '(N)'));
+  for (const name of [...new Set(names)]) {
+    const xs = ours.map((o) => o.steps.find((st) => st.step.replace(/\(\d+\)$/, '(N)') === name)?.us).filter((x): x is number => x !== undefined);
+    lines.push(`| ${name} | ${fmt(median(xs), 0)} | ${Math.min(...xs)} | ${Math.max(...xs)} |`);
+  }
+  process.stdout.write(lines.join('\n') + '\n\n');
+}
+
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
       runs: { type: 'string', default: '3' }, 'throughput-runs': { type: 'string', default: '7' }, mem: { type: 'string', default: '1024' }, vcpus: { type: 'string', default: '2' },
       'dirty-percent': { type: 'string', default: '5' }, 'no-qemu': { type: 'boolean' }, 'no-throughput': { type: 'boolean' }, docs: { type: 'boolean' },
-      'keep-node-extra-ca-certs': { type: 'boolean' },
+      'keep-node-extra-ca-certs': { type: 'boolean' }, 'pause-runs': { type: 'string', default: '0' }, 'baseline-cli': { type: 'string' }, help: { type: 'boolean' },
     },
   });
+  if (values.help) {
+    process.stdout.write('usage: node dist/scripts/bench-snapshot.js [--runs 3] [--mem 1024] [--vcpus 2] [--dirty-percent 5] [--no-qemu] [--no-throughput]\n' +
+      '         [--throughput-runs 7] [--pause-runs N] [--docs] [--keep-node-extra-ca-certs]\n' +
+      '--pause-runs N: before the runs, N diff snapshots of one booted VM (and N migrations of one QEMU), for the pause alone:\n' +
+      '  medians of our pause and of each of its steps, and of QEMU\'s downtime (QMP, integer ms) and traced (microseconds).\n' +
+      '--baseline-cli PATH (with --pause-runs): also another build\'s CLI (its src/cli/main.js), interleaved, e.g. the previous commit\'s.\n');
+    return;
+  }
+  const pauseRuns = Number(values['pause-runs']);
+  if (pauseRuns > 0) await pauseReport(Number(values.mem), Number(values.vcpus), Math.round((Number(values.mem) * 2 ** 20 / PAGE) * Number(values['dirty-percent']) / 100), pauseRuns, !values['no-qemu'], values['baseline-cli']);
+  if (pauseRuns > 0 && Number(values.runs) === 0 && values['no-throughput']) return;
   keepCaCerts = values['keep-node-extra-ca-certs'] === true;
   const runs = Number(values.runs);
   const mem = Number(values.mem);
@@ -483,7 +686,7 @@ async function main(): Promise<void> {
     }
   }
 
-  const o = (k: keyof OursSample) => median(oursSamples.map((s) => s[k]));
+  const o = (k: Exclude<keyof OursSample, 'pauseSteps'>) => median(oursSamples.map((s) => s[k]));
   const q = (k: keyof QemuSample) => median(qemuSamples.map((s) => s[k]));
   const lines = [
     '## Snapshots (issue 4)',
@@ -493,14 +696,16 @@ async function main(): Promise<void> {
     `load average ${loadavg()[0]!.toFixed(1)} at the end (other work shares this machine: absolute numbers are noisy)` +
       `${droppedCaCerts() ? '; NODE_EXTRA_CA_CERTS, set in this environment, removed from our VMM\'s' : ''}.`,
     'QEMU has no incremental snapshot to a file: its column is `migrate "exec:cat > FILE"` of the whole VM',
-    '(QMP `query-migrate` downtime and total time) and `-incoming "exec:cat FILE"` until QMP `query-status` says running.',
+    '(QMP `query-migrate` downtime and total time; its downtime also from its trace events, runstate finish-migrate to migration completed, in',
+    'microseconds) and `-incoming "exec:cat FILE"` until QMP `query-status` says running. Our pause: from the pause request to the vCPUs told to run again.',
     '',
     '| | Lifeboat (diff snapshot) | QEMU (migrate to file) | ratio |',
     '| --- | --- | --- | --- |',
   ];
   const row = (what: string, ours: string, theirs: string, ratio: string) => lines.push(`| ${what} | ${ours} | ${theirs} | ${ratio} |`);
   const hasQemu = qemuSamples.length > 0;
-  row('pause (guest stopped)', `${fmt(o('pauseMs'))} ms`, hasQemu ? `${fmt(q('downtimeMs'))} ms` : '-', hasQemu ? `${fmt(q('downtimeMs') / o('pauseMs'))}x` : '-');
+  row('pause (guest stopped)', `${fmt(o('pauseMs'), 2)} ms`, hasQemu ? `${fmt(q('tracedDowntimeMs'), 2)} ms traced (QMP \`downtime\`: ${fmt(q('downtimeMs'))} ms)` : '-',
+    hasQemu ? `${fmt(q('tracedDowntimeMs') / o('pauseMs'))}x` : '-');
   row('snapshot time', `${fmt(o('totalMs'))} ms`, hasQemu ? `${fmt(q('totalMs'))} ms` : '-', hasQemu ? `${fmt(q('totalMs') / o('totalMs'))}x` : '-');
   row('snapshot size on disk', `${mib(o('diffBytes'))} (${o('diffPages')} pages)`, hasQemu ? mib(q('bytes')) : '-', hasQemu ? `${fmt(q('bytes') / o('diffBytes'))}x` : '-');
   row('pause if the VM is stopped for the whole save', '(n/a: never)', hasQemu ? `${fmt(q('stoppedTotalMs'))} ms` : '-', hasQemu ? `${fmt(q('stoppedTotalMs') / o('pauseMs'))}x` : '-');
@@ -516,7 +721,7 @@ async function main(): Promise<void> {
   const met = (ok: boolean) => (ok ? 'met' : '**NOT met**');
   lines.push(`Bars: diff snapshot pause < 50 ms: ${met(o('pauseMs') < 50)}; restore to running < 100 ms: ${met(o('restoreWallMs') < 100)} from process start ` +
     `(${met(o('restoreVmmMs') < 100)} inside the VMM, ${met(o('warmMs') < 100)} warm)` +
-    (hasQemu ? `; 5x better than QEMU: pause ${met(q('downtimeMs') / o('pauseMs') >= 5)} against its live migration (${met(q('stoppedTotalMs') / o('pauseMs') >= 5)} against a stopped save), ` +
+    (hasQemu ? `; 5x better than QEMU: pause ${met(q('tracedDowntimeMs') / o('pauseMs') >= 5)} against its live migration (${met(q('stoppedTotalMs') / o('pauseMs') >= 5)} against a stopped save), ` +
       `restore ${met(q('restoreWallMs') / o('restoreWallMs') >= 5)} from process start (${met((q('restoreWallMs') - q('startupMs')) / o('restoreVmmMs') >= 5)} comparing the restore work alone), ` +
       `${met(q('warmMs') / o('warmMs') >= 5)} warm.` : '.'));
   if (on.length) {

@@ -155,6 +155,11 @@ export class VcpuFd {
     libc.ioctlInt(this.fd, ioc.KVM_KVMCLOCK_CTRL, 0, 'KVM_KVMCLOCK_CTRL');
   }
 
+  /** A KVM_GET_* ioctl straight into `buf` (e.g. a window on shared memory); returns the ioctl's result. */
+  getInto(request: number, buf: Uint8Array, name: string): number {
+    return libc.ioctlBuf(this.fd, request, buf, name);
+  }
+
   private getBlob(request: number, size: number, name: string): Buffer {
     const buf = Buffer.alloc(size);
     libc.ioctlBuf(this.fd, request, buf, name);

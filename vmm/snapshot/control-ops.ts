@@ -99,6 +99,7 @@ export function recoveryControlOps(ctx: RecoveryContext): (req: ControlOp) => Pr
         return {
           snapshotId: r.snapshotId, parentId: r.parentId, kind: r.kind, dir: r.dir, pauseMs: round(r.pauseMs), totalMs: round(r.totalMs),
           memoryPages: r.memoryPages, pausedPages: r.pausedPages, diskBytes: r.diskBytes, precopyRounds: r.precopyRounds, disks: r.disks,
+          pauseSteps: r.pauseSteps,
         };
       }
       default:

@@ -72,6 +72,32 @@ export class MemoryFileWriter {
     this.present.orWith(pages);
   }
 
+  /**
+   * Copies the given pages' current contents out of guest memory (fast: the VM is paused) and returns
+   * the function that writes the copies (after the resume).
+   */
+  capturePages(pages: DirtyPages): () => void {
+    const runs = [...pages.runs()];
+    let total = 0;
+    for (const [, count] of runs) total += count * PAGE_SIZE;
+    const copy = Buffer.allocUnsafe(total);
+    let at = 0;
+    for (const [first, count] of runs) {
+      this.view.copy(copy, at, first * PAGE_SIZE, (first + count) * PAGE_SIZE);
+      at += count * PAGE_SIZE;
+    }
+    return () => {
+      let from = 0;
+      for (const [first, count] of runs) {
+        const len = count * PAGE_SIZE;
+        writeFully(this.fd, copy.subarray(from, from + len), DATA_OFFSET + first * PAGE_SIZE);
+        from += len;
+        this.bytesWritten += len;
+      }
+      this.present.orWith(pages);
+    };
+  }
+
   /** Full snapshot: writes every page that holds a non-zero byte (zero pages stay holes and read as zero). */
   writeAllNonZero(): void {
     const nonZero = DirtyPages.empty(this.pages);

@@ -8,6 +8,7 @@ import * as libc from '../sys/libc.js';
 import { DirtyMemoryTracker, type DirtyLogMode } from '../tracking/dirty-memory.js';
 import type { DiskPoint, DiskTracking } from '../tracking/disk-tracking.js';
 import type { VcpuState } from '../vcpu-state.js';
+import { pauseStep } from './pause-timing.js';
 import { createSnapshot, SnapshotError, type SnapshotResult } from './snapshot.js';
 import type { SnapshotDisk, SnapshotMeta } from './state-records.js';
 import type { SnapshotKind } from './format.js';
@@ -18,9 +19,11 @@ export interface SnapshotMachine {
   readonly vm: VmFd;
   /** Set when KVM logs dirty pages in every slot (enableDirtyLogging before the slots were made). */
   readonly dirtyLogMode?: DirtyLogMode;
-  pause(): Promise<void>;
+  /** `saveVcpus`: the vCPUs save their own state as they park (collected by saveState). */
+  pause(options?: { saveVcpus?: boolean }): Promise<void>;
   resume(): void;
-  saveState(): Promise<{ vm: VmState; vcpus: VcpuState[] }>;
+  /** `vcpus` as a function: the states are decoded when it is called (after the resume). */
+  saveState(): Promise<{ vm: VmState; vcpus: VcpuState[] | (() => VcpuState[]) }>;
   saveDeviceStates?(): Record<string, Uint8Array>;
   describe?(): Record<string, unknown>;
   status(): { disks: Array<{ path: string; readOnly: boolean; sizeBytes: number }> };
@@ -82,27 +85,35 @@ export class SnapshotService {
       await this.options.verified?.catch((err: Error) => {
         throw new SnapshotError(`snapshot not written: this VM was restored from a snapshot that failed verification (${err.message})`);
       });
+      // What does not change while the VM runs is gathered before the pause.
+      const disksNow = m.status().disks;
+      const machineInfo = m.describe?.() ?? {};
+      const memoryInfo = { size: m.memory.size, regions: [...m.memory.regions] };
       const result = await createSnapshot({
         memory: { view: libc.view(m.memory.shared.hostAddress, m.memory.size), memfd: isMemfdBacked(m.memory) ? m.memory.shared.fd : undefined },
         dirty: this.dirty,
         dirtyLogging: m.dirtyLogMode !== undefined,
-        pause: () => m.pause(),
+        pause: () => m.pause({ saveVcpus: true }),
         resume: () => m.resume(),
         captureState: async () => {
           const { vm, vcpus } = await m.saveState();
           const devices = m.saveDeviceStates?.() ?? {};
-          if (opts.withDisks) points = await this.options.disks!.createPoints(undefined, this.options.quiesceAll);
-          const disks: SnapshotDisk[] = m.status().disks.map((d, index) => {
+          pauseStep('device states');
+          if (opts.withDisks) {
+            points = await this.options.disks!.createPoints(undefined, this.options.quiesceAll);
+            pauseStep('disk points');
+          }
+          const disks: SnapshotDisk[] = disksNow.map((d, index) => {
             const p = points.find((x) => x.disk === index);
             return { index, path: d.path, sizeBytes: d.sizeBytes, readOnly: d.readOnly, ...(p ? { point: { generation: p.generation, trackingId: p.trackingId, image: snapshotDiskFile(index) } } : {}) };
           });
           return {
             vm, vcpus, devices,
             meta: {
-              memory: { size: m.memory.size, regions: [...m.memory.regions] },
+              memory: memoryInfo,
               devices: Object.keys(devices).sort(),
               disks,
-              machine: m.describe?.() ?? {},
+              machine: machineInfo,
               refused: [],
             },
           };

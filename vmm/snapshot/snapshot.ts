@@ -4,8 +4,9 @@
 //   1. collect the dirty pages (KVM log + VMM writes) and, with the VM still running, write them (a diff)
 //      or every non-zero page (a full snapshot) into DIR.partial/memory.lbm, positionally;
 //   2. while many pages were dirtied meanwhile, collect and write those again (at most PRECOPY_ROUNDS);
-//   3. pause: collect and write the last dirtied pages, save vCPU / VM / device state (and take disk
-//      points, for a resumable recovery point), resume;
+//   3. pause: collect and copy the last dirtied pages, save vCPU / VM / device state (each vCPU saves
+//      its own, on its thread, in parallel; disk points too, for a resumable recovery point), resume,
+//      then write the copied pages;
 //   4. checksum, write state.lbs, fsync, rename DIR.partial -> DIR, fsync the parent;
 //   5. only now commit the dirty pages as clean. Any failure aborts: the pages stay dirty, DIR.partial
 //      is removed, and the error says why.
@@ -15,9 +16,11 @@ import { randomUUID } from 'node:crypto';
 import { closeSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import type { DirtyMemoryTracker } from '../tracking/dirty-memory.js';
+import type { VcpuState } from '../vcpu-state.js';
 import { fsyncPath, writeFileDurably } from '../tracking/durable-write.js';
 import { decodeStateFile, encodeStateFile, MEMORY_FILE, RecordSet, SnapshotFormatError, STATE_FILE, type SnapshotKind } from './format.js';
 import { ChainVerifier, mapMemoryChain, MemoryFileWriter, openMemoryFile, type MappedMemory, type MemoryFile, type MemorySource } from './memory-file.js';
+import { beginPauseTimeline, endPauseTimeline, pauseStep, type PauseStep } from './pause-timing.js';
 import { recordsToMeta, recordsToState, SNAPSHOT_FORMAT_NAME, stateToRecords, type SnapshotMeta, type VmSnapshotState } from './state-records.js';
 
 /** Copy rounds while the VM runs, before the final paused one. */
@@ -40,7 +43,11 @@ export interface SnapshotSource {
    * Called while paused: every vCPU's state, the VM's, the devices', the machine config and the
    * disks (taking disk points here makes the snapshot a resumable recovery point).
    */
-  captureState(): Promise<Omit<VmSnapshotState, 'meta'> & { meta: Pick<SnapshotMeta, 'memory' | 'devices' | 'disks' | 'machine' | 'refused'> }>;
+  captureState(): Promise<Omit<VmSnapshotState, 'meta' | 'vcpus'> & {
+    /** The vCPU states, or a function that decodes them (called after the resume: decoding needs no pause). */
+    vcpus: VcpuState[] | (() => VcpuState[]);
+    meta: Pick<SnapshotMeta, 'memory' | 'devices' | 'disks' | 'machine' | 'refused'>;
+  }>;
   /**
    * After the resume, before the snapshot is committed: write extra files into the (partial) snapshot
    * directory, e.g. the disks as of points taken while paused. May update `meta` (still unwritten).
@@ -63,6 +70,8 @@ export interface SnapshotResult {
   dir: string;
   /** Time the vCPUs were paused. */
   pauseMs: number;
+  /** Where the pause went, step by step (see pause-timing.ts). */
+  pauseSteps: PauseStep[];
   totalMs: number;
   /** Pages in the snapshot's memory file, and the bytes its files occupy on disk. */
   memoryPages: number;
@@ -109,6 +118,7 @@ export async function createSnapshot(source: SnapshotSource, req: SnapshotReques
   const collected = source.dirty.collect();
   let paused = false;
   let pauseMs = 0;
+  let pauseSteps: PauseStep[] = [];
   let rounds = 0;
   let pausedPages = 0;
   let afterResume: SnapshotSource['afterResume'];
@@ -127,42 +137,54 @@ export async function createSnapshot(source: SnapshotSource, req: SnapshotReques
     // The guest is stopped from the pause request on (each vCPU stops as its kick lands), so that is
     // where its pause is counted from.
     const pauseStart = performance.now();
+    beginPauseTimeline();
     await source.pause();
     paused = true;
+    pauseStep('paused');
+    // The last pages are copied out of guest memory now and written to the file after the resume.
+    let writeLast = () => {};
     if (precopy) {
-      const last = source.dirty.collectMore();
+      const last = source.dirty.collectPaused();
       pausedPages = last.count();
-      writer.writePages(last);
+      pauseStep('dirty log collected');
+      writeLast = writer.capturePages(last);
+      pauseStep(`last pages copied (${pausedPages})`);
     } else {
       source.dirty.collectMore();
       writer.writeAllNonZero();
       pausedPages = writer.bytesWritten / 4096;
     }
     const captured = await source.captureState();
+    pauseStep('state captured');
     source.resume();
     paused = false;
     pauseMs = performance.now() - pauseStart;
+    pauseStep('resume requested');
+    pauseSteps = endPauseTimeline();
+    writeLast();
+    const vcpus = typeof captured.vcpus === 'function' ? captured.vcpus() : captured.vcpus;
 
     const meta: SnapshotMeta = {
       format: SNAPSHOT_FORMAT_NAME, kind: req.kind, snapshotId, parentId, createdAt: new Date().toISOString(),
-      vcpuCount: captured.vcpus.length, ...captured.meta,
+      vcpuCount: vcpus.length, ...captured.meta,
     };
     if (source.afterResume) {
       afterResume = source.afterResume;
       await source.afterResume(partial, meta);
     }
     const header = writer.finish();
-    const state: VmSnapshotState = { meta, vcpus: captured.vcpus, vm: captured.vm, devices: captured.devices };
+    const state: VmSnapshotState = { meta, vcpus, vm: captured.vm, devices: captured.devices };
     writeFileDurably(join(partial, STATE_FILE), [encodeStateFile({ kind: req.kind, snapshotId, parentId }, stateToRecords(state))]);
     fsyncPath(partial);
     renameSync(partial, dir);
     fsyncPath(dirname(dir));
     source.dirty.commit(collected);
     return {
-      snapshotId, parentId, kind: req.kind, dir, pauseMs, totalMs: performance.now() - started, memoryPages: header.presentPages,
+      snapshotId, parentId, kind: req.kind, dir, pauseMs, pauseSteps, totalMs: performance.now() - started, memoryPages: header.presentPages,
       diskBytes: allocatedBytes(dir), precopyRounds: rounds, pausedPages, meta,
     };
   } catch (err) {
+    endPauseTimeline();
     if (paused) source.resume();
     if (afterResume) await afterResume(partial, {} as SnapshotMeta, err as Error).catch(() => {});
     writer?.abort();

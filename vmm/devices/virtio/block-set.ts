@@ -184,7 +184,7 @@ export class VirtioBlockSet extends EventEmitter {
    * quiesce('all', ...), so ring positions and guest memory agree.
    */
   saveStates(): Uint8Array[] {
-    return this.devices.map((d) => d.state.words.locked(() => Uint8Array.from(new Uint8Array(d.state.sab))));
+    return this.devices.map((d) => d.state.words.locked(() => new Uint8Array(d.state.sab).slice()));
   }
 
   /**
