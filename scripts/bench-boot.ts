@@ -3,8 +3,11 @@
 // Also the cost of one PIO exit round trip through our vCPU loop.
 //
 //   node dist/scripts/bench-boot.js [--runs 5] [--vcpus 1] [--mem 256] [--disk-mib 512] [--no-disk-bench] [--kernel BZIMAGE]
-//                                   [--breakdown 5] [--keep-node-extra-ca-certs]
+//                                   [--breakdown 5] [--keep-node-extra-ca-certs] [--compare OTHER_BUILD_DIR]
 //   (--runs 0: only the PIO exit cost)
+// --compare: a third VMM in the same interleaving, another build's `src/cli/main.js` under
+// OTHER_BUILD_DIR (e.g. a checkout of the commit before a change, built with `npm run build`), so a
+// change is judged against the build before it at the same load.
 //
 // Our VMM runs as `node <this build>/src/cli/main.js vm run ...` (what bin/lifeboat runs), QEMU with the
 // flags of test/helpers/qemu.ts. NODE_EXTRA_CA_CERTS is removed from our VMM's environment unless
@@ -12,7 +15,8 @@
 // a shared 2-core machine), a cost of the environment that QEMU does not pay; the report says when it was.
 // --breakdown N: N more runs of ours with LIFEBOAT_VMM_TRACE=1, for where the start-up time goes.
 //
-// Prints a Markdown report (the "VMM (issue 3)" section of docs/benchmarks.md).
+// Each VMM runs once untimed first (warm page cache; our build's V8 code caches written, see
+// scripts/bundle.ts). Prints a Markdown report (the "VMM (issue 3)" section of docs/benchmarks.md).
 import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
@@ -105,8 +109,11 @@ async function runOnce(cmd: string, args: string[], diskBench: boolean, env: Nod
 function traceMilestones(stderr: string): Record<string, number> | undefined {
   const t: Record<string, number> = {};
   for (const m of stderr.matchAll(/lifeboat vm trace: (.+?) (?:[\d.]+ ms )?\(t=([\d.]+) ms\)/g)) t[m[1]!] ??= Number(m[2]);
-  const v = /vCPU 0 code loaded t=([\d.]+) ms, configured t=([\d.]+) ms, ready t=([\d.]+) ms/.exec(stderr);
-  if (v) Object.assign(t, { 'vCPU 0 worker loaded': Number(v[1]), 'vCPU 0 configured': Number(v[2]), 'vCPU 0 ready': Number(v[3]) });
+  for (const v of stderr.matchAll(/vCPU (\d+) code loaded t=([\d.]+) ms, configured t=([\d.]+) ms, ready t=([\d.]+) ms(?: \(thread spawned t=([\d.]+) ms, attached t=([\d.]+) ms)?/g)) {
+    const n = `vCPU ${v[1]}`;
+    Object.assign(t, { [`${n} worker loaded`]: Number(v[2]), [`${n} configured`]: Number(v[3]), [`${n} ready`]: Number(v[4]) });
+    if (v[5] !== undefined) Object.assign(t, { [`${n} worker thread spawned`]: Number(v[5]), [`${n} attached`]: Number(v[6]) });
+  }
   return Object.keys(t).length ? t : undefined;
 }
 
@@ -147,6 +154,27 @@ async function pioExitCost(exits: number): Promise<number> {
   return ns;
 }
 
+const HELP = `Usage: node dist/scripts/bench-boot.js [options]
+
+Our VMM (this build's \`vm run\`) against QEMU -M microvm on the same Lifeboat guest, vCPUs, memory and
+disk, runs interleaved: wall time from process start to the first \`lifeboat> \` prompt, the guest's own
+boot time, optionally the guest's \`disk bench\`, and the cost of a PIO exit. Each VMM runs once untimed
+first (warm page cache, our code caches written). Prints a Markdown report.
+
+Options:
+  --runs N                     interleaved runs of each (default 5; 0: only the PIO exit cost)
+  --vcpus N                    guest vCPUs (default 1)
+  --mem MiB                    guest memory (default 256)
+  --disk-mib N                 size of the sparse disk attached to each (default 512)
+  --no-disk-bench              only boot to the prompt and power off
+  --kernel BZIMAGE             our VMM's kernel (default: guest/build/lifeboat-guest.bin)
+  --breakdown N                N more runs of ours with LIFEBOAT_VMM_TRACE=1: where start-up goes (default 5)
+  --compare DIR                a third VMM in the same interleaving: another build's src/cli/main.js
+                               under DIR (e.g. the build before a change)
+  --keep-node-extra-ca-certs   keep NODE_EXTRA_CA_CERTS in our VMM's environment (removed by default:
+                               Node parses the whole bundle at start-up, a cost QEMU does not pay)
+`;
+
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
@@ -158,8 +186,14 @@ async function main(): Promise<void> {
       kernel: { type: 'string' },
       breakdown: { type: 'string', default: '5' },
       'keep-node-extra-ca-certs': { type: 'boolean' },
+      compare: { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
     },
   });
+  if (values.help) {
+    process.stdout.write(HELP);
+    return;
+  }
   const runs = Number(values.runs);
   const vcpus = Number(values.vcpus);
   const mem = Number(values.mem);
@@ -184,14 +218,32 @@ async function main(): Promise<void> {
   // The flags the guest's own QEMU harness uses (virtio-mmio version 2, console on stdio), plus -no-user-config.
   const qemu = ['qemu-system-x86_64', ['-no-user-config', ...qemuArgs({ accel: 'kvm', cpus: vcpus, memoryMiB: mem, kernel: elf, append: cmdline, disks: [{ path: diskQemu }] })]] as const;
 
+  const otherMain = values.compare === undefined ? undefined : join(values.compare, 'src', 'cli', 'main.js');
+  if (otherMain !== undefined && !existsSync(otherMain)) throw new Error(`--compare: ${otherMain} does not exist (build that tree first)`);
+  const diskOther = join(dir, 'other.img');
+  const other = otherMain === undefined ? undefined : ([process.execPath, [otherMain, ...ours[1].slice(1, -1), diskOther]] as const);
+  if (other) {
+    writeFileSync(diskOther, '');
+    truncateSync(diskOther, Number(values['disk-mib']) * 1024 * 1024);
+  }
+
   const loadAtStart = loadavg()[0]!;
-  const samples = { ours: [] as Sample[], qemu: [] as Sample[] };
+  const samples = { ours: [] as Sample[], qemu: [] as Sample[], other: [] as Sample[] };
+  const contestants: Array<'ours' | 'qemu' | 'other'> = other ? ['ours', 'qemu', 'other'] : ['ours', 'qemu'];
+  // One untimed run of each first: the page cache warm for all, and our VMM's code caches written (a
+  // fresh build writes them after its first `vm run`, scripts/bundle.ts), as for every later start.
+  if (runs > 0) {
+    for (const who of contestants) {
+      const [cmd, args] = who === 'ours' ? ours : who === 'qemu' ? qemu : other!;
+      await runOnce(cmd, [...args], false, who === 'qemu' ? process.env : oursEnv);
+    }
+  }
   for (let i = 0; i < runs; i++) {
-    // Interleaved, alternating who goes first, so drift on a shared machine hits both alike.
-    const order = i % 2 === 0 ? (['ours', 'qemu'] as const) : (['qemu', 'ours'] as const);
+    // Interleaved, rotating who goes first, so drift on a shared machine hits all alike.
+    const order = contestants.map((_, k) => contestants[(i + k) % contestants.length]!);
     for (const who of order) {
-      const [cmd, args] = who === 'ours' ? ours : qemu;
-      const s = await runOnce(cmd, [...args], diskBench, who === 'ours' ? oursEnv : process.env);
+      const [cmd, args] = who === 'ours' ? ours : who === 'qemu' ? qemu : other!;
+      const s = await runOnce(cmd, [...args], diskBench, who === 'qemu' ? process.env : oursEnv);
       samples[who].push(s);
       process.stderr.write(`run ${i + 1}/${runs} ${who}: boot ${s.bootMs.toFixed(0)} ms${s.bench ? ` seq r/w ${s.bench.seqRead}/${s.bench.seqWrite} MiB/s rand r/w ${s.bench.randRead}/${s.bench.randWrite} IOPS` : ''}\n`);
     }
@@ -228,6 +280,14 @@ async function main(): Promise<void> {
       row('disk bench seq write', (s) => s.bench!.seqWrite, 'MiB/s', '>= 0.8'),
       row('disk bench random read', (s) => s.bench!.randRead, 'IOPS', '>= 0.8'),
       row('disk bench random write', (s) => s.bench!.randWrite, 'IOPS', '>= 0.8'),
+    );
+  }
+  if (other) {
+    const o = (pick: (s: Sample) => number) => median(samples.other.map(pick));
+    lines.push(
+      '',
+      `The other build (\`--compare ${values.compare}\`), same interleaving: first \`lifeboat> \` ${o((s) => s.bootMs).toFixed(0)} ms (ratio to QEMU ` +
+        `${(o((s) => s.bootMs) / median(samples.qemu.map((s) => s.bootMs))).toFixed(2)}), the guest's own boot ${o((s) => s.guestMs).toFixed(0)} ms.`,
     );
   }
   lines.push('', `PIO exit round trip through our vCPU loop (guest \`out\` -> KVM_RUN returns -> Bus -> KVM_RUN): ${(pioNs / 1000).toFixed(1)} us`);

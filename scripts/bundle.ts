@@ -1,7 +1,8 @@
 // Bundles the start-up path of `lifeboat vm run` / `vm restore` / `backup` in place, after `tsc` (npm run build):
-//   - dist/src/cli/main.js, with the `vm run`, `vm restore` and `backup` commands and the code they load
-//     (split into chunks dist/src/cli/startup-HASH.js, loaded only when one of those commands runs);
-//   - dist/vmm/vcpu-worker.js, dist/vmm/devices/virtio/io-worker.js and
+//   - dist/src/cli/main.js, with the `backup` command and the code it loads (split into chunks
+//     dist/src/cli/startup-HASH.js, loaded only when it runs);
+//   - `vm run` and `vm restore`: dist/src/cli/vm-startup.js and the script it runs (below);
+//   - dist/vmm/vcpu-worker.js (and its CommonJS form, below), dist/vmm/devices/virtio/io-worker.js and
 //     dist/replication/repository/chunk-worker.js, the worker threads' entries.
 // Node 20 loads ES modules one by one (resolve, read, compile, link: ~0.7 ms each on this project's
 // machine, more while other threads start); `vm run` loaded 67 on its main thread, 27 in each vCPU
@@ -21,10 +22,26 @@
 // thread that loads it (the main thread and each worker), against ~1 ms. If the file is gone or is
 // another koffi version, the bundle falls back to the package (`import('koffi')`).
 //
+// `vm run` and `vm restore` (dist/src/cli/vm-startup.js): their code is one CommonJS script
+// (vm-startup.script.js) that a small ES module compiles with `vm.Script` and V8's code cache
+// (vm-startup.script.js.HASH.v8cache, HASH from the script's text), so a start-up does not parse and
+// compile ~290 KiB of JavaScript again: the script's functions the previous start-up compiled come back
+// from the cache. The cache is written after the first of these commands completes (then it holds
+// everything a boot compiled), again whenever V8 rejects it (another Node version or V8 flags), and
+// deleted by this script. Node 20 has no code
+// cache for ES modules, hence the script; it cannot `require` the two modules whose instances it shares
+// with the CLI's entry, so the loader passes them in.
+//
+// The vCPU worker also gets a CommonJS form (dist/vmm/vcpu-worker.cjs, which vmm/vcpu-prewarm.ts starts
+// when it is newer than vcpu-worker.js): a thread with a CommonJS entry does not start Node's ES module
+// loader. It runs the worker's code (vcpu-worker.script.js) the same way, with V8's code cache, written
+// when the first worker that had none ends.
+//
 //   node dist/scripts/bundle.js [--dist DIR]    (default: the build this script belongs to)
+import { createHash } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { dirname, join, relative, resolve, sep } from 'node:path';
+import { basename, dirname, join, relative, resolve, sep } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 
@@ -41,6 +58,8 @@ export function isBundled(file: string): boolean {
 interface Target {
   /** The entry, relative to the build root; the bundle replaces it. */
   entry: string;
+  /** Imports (absolute paths) served by another bundle instead: path -> that bundle, relative to the build root. */
+  redirect?: (path: string) => string | undefined;
   /** Modules (absolute paths) left out of the bundle and imported from where tsc put them. */
   keepOut?: (path: string) => boolean;
   /** Code split into chunks next to the entry (for code only some runs of the entry load). */
@@ -52,12 +71,14 @@ function targets(root: string): Target[] {
   // `backup` with the helpers it shares with other commands: one copy of each module per process (the
   // target error classes are told apart with instanceof).
   const bundledCommands = new Set(
-    ['index.js', 'vm-run.js', 'restore-vm.js', 'backup.js', 'repository-cli.js', 'catalog-record.js'].map((f) => join(cli, 'commands', f)),
+    ['index.js', 'backup.js', 'repository-cli.js', 'catalog-record.js'].map((f) => join(cli, 'commands', f)),
   );
+  const scripted = new Set(VM_STARTUP_COMMANDS.map((c) => join(cli, 'commands', c.file)));
   return [
     {
       entry: 'src/cli/main.js',
       chunks: 'startup-[hash]',
+      redirect: (p) => (scripted.has(p) ? VM_STARTUP_LOADER : undefined),
       keepOut: (p) =>
         p === join(cli, 'command.js') || // UsageError/UserError: main.ts tells them apart with instanceof
         p === join(root, 'vmm', 'vcpu-prewarm.js') || // one pool of prewarmed workers per process (main.ts imports it too)
@@ -68,6 +89,37 @@ function targets(root: string): Target[] {
     { entry: 'replication/repository/chunk-worker.js' },
   ];
 }
+
+/** The commands compiled with V8's code cache (see the header): their files and exports. */
+const VM_STARTUP_COMMANDS = [
+  { file: 'vm-run.js', name: 'vmRun' },
+  { file: 'restore-vm.js', name: 'vmRestore' },
+];
+/** The loader of that script (an ES module), relative to the build root. */
+const VM_STARTUP_LOADER = 'src/cli/vm-startup.js';
+const VM_STARTUP_SCRIPT = 'src/cli/vm-startup.script.js';
+/** Beside the script: V8's code cache of it (see codeCacheFile). */
+export const CODE_CACHE_SUFFIX = '.v8cache';
+
+/**
+ * Where V8's code cache of `scriptFile` is kept: a name with a hash of the script's text, so a cache only
+ * ever meets the code it was made from (V8 itself checks the source's length, not its text: a build
+ * copied over another must not run functions compiled from the other's code).
+ */
+export function codeCacheFile(scriptFile: string, source = readFileSync(scriptFile, 'utf8')): string {
+  return `${scriptFile}.${createHash('sha256').update(source).digest('hex').slice(0, 16)}${CODE_CACHE_SUFFIX}`;
+}
+
+/** Deletes every code cache (and unfinished one) of `scriptFile`. */
+function removeCodeCaches(scriptFile: string): void {
+  const dir = dirname(scriptFile);
+  const prefix = `${basename(scriptFile)}.`;
+  for (const f of readdirSync(dir)) {
+    if (f.startsWith(prefix) && (f.endsWith(CODE_CACHE_SUFFIX) || f.endsWith('.tmp'))) rmSync(join(dir, f), { force: true });
+  }
+}
+/** Modules whose instances the script shares with the CLI's entry (see targets()): passed in by the loader. */
+const VM_STARTUP_SHARED = ['src/cli/command.js', 'vmm/vcpu-prewarm.js'];
 
 /** `to` as a relative import specifier from directory `fromDir` ('./x.js', '../../y/x.js'). */
 function specifier(fromDir: string, to: string): string {
@@ -113,17 +165,53 @@ export function koffiShim(outDir: string, native: KoffiNative): string {
   ].join('\n');
 }
 
-function plugin(root: string, outDir: string, target: Target, koffi: KoffiNative | undefined): Plugin {
+/** The CommonJS form of koffiShim, for the code-cached script: `baseUrl` names the script's own URL. */
+export function koffiShimCjs(outDir: string, native: KoffiNative, baseUrl: string): string {
+  return [
+    "const { fileURLToPath } = require('node:url');",
+    'try {',
+    '  const m = { exports: {} };',
+    `  process.dlopen(m, fileURLToPath(new URL(${JSON.stringify(specifier(outDir, native.file))}, ${baseUrl})));`,
+    `  if (m.exports.version !== ${JSON.stringify(native.version)}) throw new Error('another koffi version');`,
+    '  module.exports = m.exports;',
+    '} catch {',
+    "  module.exports = require('koffi');",
+    '}',
+  ].join('\n');
+}
+
+const SHARED_NAMESPACE = 'lifeboat-shared';
+/** In the code-cached script: the loader's argument holding the shared modules, and the script's URL. */
+const SHARED_ARG = '__lifeboatShared';
+const URL_ARG = '__lifeboatScriptUrl';
+
+interface PluginOptions {
+  /** The code-cached script: CommonJS, `import.meta.url` from URL_ARG, shared modules from SHARED_ARG. */
+  script?: boolean;
+}
+
+function plugin(root: string, outDir: string, target: Target, koffi: KoffiNative | undefined, o: PluginOptions = {}): Plugin {
+  const metaUrl = o.script ? URL_ARG : 'import.meta.url';
   return {
     name: 'lifeboat-in-place',
     setup(build) {
       if (koffi) {
         build.onResolve({ filter: /^koffi$/ }, (a) => (a.namespace === KOFFI_NAMESPACE ? { path: 'koffi', external: true } : { path: 'koffi', namespace: KOFFI_NAMESPACE }));
-        build.onLoad({ filter: /.*/, namespace: KOFFI_NAMESPACE }, () => ({ contents: koffiShim(outDir, koffi), loader: 'js', resolveDir: outDir }));
+        build.onLoad({ filter: /.*/, namespace: KOFFI_NAMESPACE }, () => ({
+          contents: o.script ? koffiShimCjs(outDir, koffi, URL_ARG) : koffiShim(outDir, koffi),
+          loader: 'js',
+          resolveDir: outDir,
+        }));
+      }
+      if (o.script) {
+        build.onLoad({ filter: /.*/, namespace: SHARED_NAMESPACE }, (a) => ({ contents: `module.exports = ${SHARED_ARG}[${JSON.stringify(a.path)}];`, loader: 'js' }));
       }
       build.onResolve({ filter: /^\.\.?\// }, (a) => {
         const path = resolve(a.resolveDir, a.path);
+        const other = target.redirect?.(path);
+        if (other) return { path: specifier(outDir, join(root, other)), external: true };
         if (!target.keepOut?.(path)) return undefined;
+        if (o.script) return { path: relative(root, path).split(sep).join('/'), namespace: SHARED_NAMESPACE };
         return { path: specifier(outDir, path), external: true };
       });
       build.onLoad({ filter: /\.js$/ }, (a) => {
@@ -133,7 +221,7 @@ function plugin(root: string, outDir: string, target: Target, koffi: KoffiNative
         const rest = source.replaceAll('import.meta.url', '');
         if (rest.includes('import.meta')) throw new Error(`${a.path} uses import.meta other than import.meta.url: teach scripts/bundle.ts about it`);
         // The module's own URL, as it was before bundling.
-        const own = `new URL(${JSON.stringify(specifier(outDir, a.path))}, import.meta.url).href`;
+        const own = `new URL(${JSON.stringify(specifier(outDir, a.path))}, ${metaUrl}).href`;
         return { contents: source.replaceAll('import.meta.url', own), loader: 'js', resolveDir: dirname(a.path) };
       });
     },
@@ -184,13 +272,215 @@ async function bundle(esbuild: Esbuild, root: string, target: Target, koffi: Kof
   return `${target.entry}: ${files} file${files === 1 ? '' : 's'}, ${(bytes / 1024).toFixed(0)} KiB`;
 }
 
+/** The vCPU worker's CommonJS form, beside its bundle (see the header); vmm/vcpu-prewarm.ts prefers it. */
+const VCPU_WORKER = 'vmm/vcpu-worker.js';
+export const VCPU_WORKER_CJS = 'vmm/vcpu-worker.cjs';
+/** Its code, compiled by vcpu-worker.cjs with V8's code cache (like the vm start-up script). */
+export const VCPU_WORKER_SCRIPT = 'vmm/vcpu-worker.script.js';
+
+/** `import ... from "m";` statements of an esbuild ES module bundle as `require` calls (null: another form). */
+function importsAsRequires(statement: string): string | null {
+  const m = /^import\s+([\s\S]+?)\s+from\s+("[^"]+");$/.exec(statement);
+  if (!m) return null;
+  const [, what, from] = m as unknown as [string, string, string];
+  const named = (list: string) => list.replace(/\s+as\s+/g, ': ');
+  let n: RegExpExecArray | null;
+  if ((n = /^\*\s+as\s+(\w+)$/.exec(what))) return `const ${n[1]} = require(${from});`;
+  if ((n = /^(\{[\s\S]*\})$/.exec(what))) return `const ${named(n[1]!)} = require(${from});`;
+  if ((n = /^(\w+)$/.exec(what))) return `const ${n[1]} = require(${from});`;
+  if ((n = /^(\w+),\s*(\{[\s\S]*\})$/.exec(what))) return `const ${n[1]} = require(${from});\nconst ${named(n[2]!)} = ${n[1]};`;
+  return null;
+}
+
+/**
+ * The vCPU worker as a CommonJS file: a worker thread whose entry is CommonJS never starts Node's ES
+ * module loader (~3 ms of CPU per thread here, measured with /proc/.../schedstat). Built from the
+ * same code as the ES module bundle; its top-level awaits run inside an async function, compiled with
+ * V8's code cache.
+ */
+async function bundleWorkerCjs(esbuild: Esbuild, root: string, koffi: KoffiNative | undefined): Promise<() => string> {
+  const entry = join(root, VCPU_WORKER);
+  if (!existsSync(entry)) throw new Error(`${entry} does not exist: run tsc first`);
+  if (isBundled(entry)) return () => `${VCPU_WORKER_CJS}: kept (${VCPU_WORKER} is bundled already)`;
+  const outDir = dirname(entry);
+  const result = await esbuild.build({
+    entryPoints: [entry],
+    bundle: true,
+    platform: 'node',
+    format: 'esm',
+    target: 'node20',
+    packages: 'external',
+    keepNames: true,
+    logLevel: 'warning',
+    write: false,
+    outdir: outDir,
+    plugins: [plugin(root, outDir, { entry: VCPU_WORKER }, koffi, { script: true })],
+  });
+  const code = result.outputFiles.find((f) => f.path.endsWith('.js'))?.text;
+  if (code === undefined) throw new Error('esbuild wrote no vCPU worker');
+  const requires: string[] = [];
+  const body = code.replace(/^import\s[\s\S]*?;$/gm, (statement) => {
+    const r = importsAsRequires(statement);
+    if (r === null) throw new Error(`the vCPU worker bundle has an import that scripts/bundle.ts cannot turn into require: ${statement}`);
+    requires.push(r);
+    return '';
+  });
+  if (/^(import|export)\s/m.test(body) || body.includes('import.meta') || /\bimport\(/.test(body)) {
+    throw new Error('the vCPU worker bundle has an import or export scripts/bundle.ts cannot turn into CommonJS');
+  }
+  // The worker's code as a function (run by the loader below with V8's code cache); its top-level
+  // awaits run inside an async function.
+  const script = [
+    BANNER,
+    `(function (require, ${URL_ARG}) {`,
+    "'use strict';",
+    ...requires,
+    'return (async () => {',
+    body,
+    '})();',
+    '})',
+    '',
+  ].join('\n');
+  const loader = [
+    BANNER,
+    "'use strict';",
+    "const { readFileSync, renameSync, rmSync, writeFileSync } = require('node:fs');",
+    "const { join } = require('node:path');",
+    "const { pathToFileURL } = require('node:url');",
+    "const { Script } = require('node:vm');",
+    `const file = join(__dirname, ${JSON.stringify(basename(VCPU_WORKER_SCRIPT))});`,
+    `const cacheFile = join(__dirname, ${JSON.stringify(basename(codeCacheFile(join(root, VCPU_WORKER_SCRIPT), script)))});`,
+    'let cachedData;',
+    'try {',
+    '  cachedData = readFileSync(cacheFile);',
+    '} catch {',
+    '  // none yet: written at exit',
+    '}',
+    "const script = new Script(readFileSync(file, 'utf8'), { filename: file, cachedData });",
+    'if (cachedData === undefined || script.cachedDataRejected === true) {',
+    '  // When this thread ends (its vCPU has run: V8 holds the functions it compiled), for the next start-up.',
+    "  process.once('exit', () => {",
+    '    const tmp = `${cacheFile}.${process.pid}.${require(\'node:worker_threads\').threadId}.tmp`;',
+    '    try {',
+    '      writeFileSync(tmp, script.createCachedData());',
+    '      renameSync(tmp, cacheFile);',
+    '    } catch {',
+    '      rmSync(tmp, { force: true }); // a read-only build: every start-up compiles',
+    '    }',
+    '  });',
+    '}',
+    'script.runInThisContext()(require, pathToFileURL(file).href).catch((err) => process.nextTick(() => {',
+    '  throw err;',
+    '}));',
+    '',
+  ].join('\n');
+  // Written once the ES module bundle is (vcpu-prewarm.ts takes the newer of the two).
+  return () => {
+    removeCodeCaches(join(root, VCPU_WORKER_SCRIPT));
+    writeFileSync(join(root, VCPU_WORKER_SCRIPT), script);
+    writeFileSync(join(root, VCPU_WORKER_CJS), loader);
+    return `${VCPU_WORKER_CJS}: CommonJS, its code (${VCPU_WORKER_SCRIPT}, ${(script.length / 1024).toFixed(0)} KiB) code-cached`;
+  };
+}
+
+/** The ES module that compiles and runs the code-cached script (see the header). */
+function vmStartupLoader(loaderDir: string, root: string, cacheFile: string): string {
+  const script = specifier(loaderDir, join(root, VM_STARTUP_SCRIPT));
+  const shared = VM_STARTUP_SHARED.map((m, i) => ({ key: m, name: `shared${i}`, from: specifier(loaderDir, join(root, m)) }));
+  return [
+    BANNER,
+    "import { readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';",
+    "import { createRequire } from 'node:module';",
+    "import { fileURLToPath } from 'node:url';",
+    "import { Script } from 'node:vm';",
+    ...shared.map((s) => `import * as ${s.name} from ${JSON.stringify(s.from)};`),
+    '',
+    `const url = new URL(${JSON.stringify(script)}, import.meta.url);`,
+    'const file = fileURLToPath(url);',
+    `const cacheFile = fileURLToPath(new URL(${JSON.stringify(specifier(loaderDir, cacheFile))}, import.meta.url));`,
+    'let cachedData;',
+    'try {',
+    '  cachedData = readFileSync(cacheFile);',
+    '} catch {',
+    '  // none yet: written below',
+    '}',
+    'const script = new Script(readFileSync(file, "utf8"), { filename: file, cachedData });',
+    'const module = { exports: {} };',
+    `script.runInThisContext()(module.exports, createRequire(file), module, { ${shared.map((s) => `${JSON.stringify(s.key)}: ${s.name}`).join(', ')} }, url.href);`,
+    'let saveCache = cachedData === undefined || script.cachedDataRejected === true;',
+    '',
+    "// `command`, saving V8's code cache once its first run has completed (it then holds what a boot compiled).",
+    'function savingCache(command) {',
+    '  return {',
+    '    ...command,',
+    '    async run(argv) {',
+    '      const status = await command.run(argv);',
+    '      if (saveCache) {',
+    '        saveCache = false;',
+    '        const tmp = `${cacheFile}.${process.pid}.tmp`;',
+    '        try {',
+    '          writeFileSync(tmp, script.createCachedData());',
+    '          renameSync(tmp, cacheFile);',
+    '        } catch {',
+    '          rmSync(tmp, { force: true }); // a read-only build: every start-up compiles',
+    '        }',
+    '      }',
+    '      return status;',
+    '    },',
+    '  };',
+    '}',
+    '',
+    ...VM_STARTUP_COMMANDS.map((c) => `export const ${c.name} = savingCache(module.exports.${c.name});`),
+    '',
+  ].join('\n');
+}
+
+/** `vm run` and `vm restore` as one CommonJS script for V8's code cache, and its loader (see the header). */
+async function bundleVmStartup(esbuild: Esbuild, root: string, koffi: KoffiNative | undefined): Promise<string> {
+  const commandsDir = join(root, 'src', 'cli', 'commands');
+  for (const c of VM_STARTUP_COMMANDS) if (!existsSync(join(commandsDir, c.file))) throw new Error(`${join(commandsDir, c.file)} does not exist: run tsc first`);
+  const scriptFile = join(root, VM_STARTUP_SCRIPT);
+  const outDir = dirname(scriptFile);
+  const shared = new Set(VM_STARTUP_SHARED.map((m) => join(root, m)));
+  const result = await esbuild.build({
+    stdin: {
+      contents: VM_STARTUP_COMMANDS.map((c) => `export { ${c.name} } from ${JSON.stringify(specifier(outDir, join(commandsDir, c.file)))};`).join('\n'),
+      resolveDir: outDir,
+      sourcefile: 'vm-startup.js',
+    },
+    bundle: true,
+    platform: 'node',
+    format: 'cjs',
+    target: 'node20',
+    packages: 'external',
+    keepNames: true,
+    logLevel: 'warning',
+    write: false,
+    outfile: scriptFile,
+    plugins: [plugin(root, outDir, { entry: VM_STARTUP_SCRIPT, keepOut: (p) => shared.has(p) }, koffi, { script: true })],
+  });
+  const code = result.outputFiles.find((f) => f.path === scriptFile)?.text;
+  if (code === undefined) throw new Error('esbuild wrote no vm start-up script');
+  if (/\bimport\(/.test(code)) throw new Error('the vm start-up script has a dynamic import(), which vm.Script cannot run: bundle that module or load it otherwise');
+  // A function expression: the loader calls it like Node calls a CommonJS module, plus the shared modules and the URL.
+  const script = `${BANNER}\n(function (exports, require, module, ${SHARED_ARG}, ${URL_ARG}) {\n${code}\n})`;
+  removeCodeCaches(scriptFile);
+  writeFileSync(scriptFile, script);
+  writeFileSync(join(root, VM_STARTUP_LOADER), vmStartupLoader(dirname(join(root, VM_STARTUP_LOADER)), root, codeCacheFile(scriptFile, script)));
+  return `${VM_STARTUP_SCRIPT}: ${(code.length / 1024).toFixed(0)} KiB, code-cached (loader ${VM_STARTUP_LOADER})`;
+}
+
 async function main(): Promise<void> {
   const { values } = parseArgs({ options: { dist: { type: 'string' } } });
   const root = resolve(values.dist ?? join(dirname(fileURLToPath(import.meta.url)), '..'));
   const esbuild = await loadEsbuild();
   const koffi = findKoffiNative();
   if (!koffi) process.stdout.write("bundle: koffi's native module not found: bundles load koffi through its package\n");
+  // Built before the worker's ES module bundle replaces its tsc output.
+  const writeWorkerCjs = await bundleWorkerCjs(esbuild, root, koffi);
   for (const t of targets(root)) process.stdout.write(`bundle: ${await bundle(esbuild, root, t, koffi)}\n`);
+  process.stdout.write(`bundle: ${writeWorkerCjs()}\n`);
+  process.stdout.write(`bundle: ${await bundleVmStartup(esbuild, root, koffi)}\n`);
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {

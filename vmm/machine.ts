@@ -29,6 +29,8 @@ import { recoveryControlOps } from './snapshot/control-ops.js';
 import type { PreparedKvm, PreparedVm } from './snapshot/prepared-vm.js';
 import type { RestoredChain } from './snapshot/snapshot.js';
 import { SnapshotService } from './snapshot/snapshot-service.js';
+import { pauseDetail, pauseDetailsLater, pauseStep, VM_STATE_STEP } from './snapshot/pause-timing.js';
+import { VcpuSave } from './snapshot/vcpu-save.js';
 import { checkVcpuLimit, type ValidatedConfig } from './vm-config.js';
 import { createVmPlatform } from './vm-platform.js';
 
@@ -114,6 +116,18 @@ export async function bootMachine(config: ValidatedConfig, options: BootOptions)
     if (virtio && restore) virtio.loadStates(config.disks.map((_, i) => savedDevice(restore.state.devices, virtioStateName(i))));
     trace('open disks');
 
+    const platform = createPlatformDevices(vm, options.console, restore?.state.devices[SERIAL_STATE_NAME]);
+    cleanup.push(() => platform.close());
+    const devices = [...platform.descriptors, ...(virtio?.descriptors() ?? [])];
+
+    // The vCPU threads get the devices now and build their buses while this thread fills guest memory;
+    // each enters KVM_RUN as soon as it is ready once the run is requested below (no round trip through
+    // this thread: the boot vCPU need not wait for the others, an AP waits for the guest's SIPI anyway).
+    const machine = new Machine(config, kvm, vm, memory, vcpus, platform, virtio, options.onWarning ?? ((m) => process.stderr.write(`lifeboat vm: ${m}\n`)), dirtyLogMode);
+    const started = vcpus.start({ memory, devices, onEvent: (e) => machine.onVcpuEvent(e) });
+    started.catch(() => {}); // awaited below
+    trace('devices');
+
     if (!restore) {
       const cmdline = guestCmdline(config, vcpus.tscKhz());
       loadKernel(memory, config, cmdline);
@@ -126,16 +140,11 @@ export async function bootMachine(config: ValidatedConfig, options: BootOptions)
       trace('VM state');
     }
 
-    const platform = createPlatformDevices(vm, options.console, restore?.state.devices[SERIAL_STATE_NAME]);
-    cleanup.push(() => platform.close());
-    const devices = [...platform.descriptors, ...(virtio?.descriptors() ?? [])];
-
-    const machine = new Machine(config, kvm, vm, memory, vcpus, platform, virtio, options.onWarning ?? ((m) => process.stderr.write(`lifeboat vm: ${m}\n`)), dirtyLogMode);
-    await vcpus.start({ memory, devices, onEvent: (e) => machine.onVcpuEvent(e) });
-    trace('vCPU threads');
-    options.console.attachSerial(platform.serial);
     vcpus.resume();
     trace('run');
+    await started;
+    trace('vCPU threads');
+    options.console.attachSerial(platform.serial);
     // The guest need not wait for the disks' I/O worker: its queue notifications wait in the ioeventfds
     // until the worker polls them. A booting guest gets it at its first notification (its start-up would
     // otherwise share the CPU with the guest's boot); a restored one at once, since requests the guest
@@ -326,24 +335,51 @@ export class Machine {
   }
 
   private releaseDisks: (() => void) | undefined;
+  /** A snapshot pause in which the vCPUs save their own state (see vmm/snapshot/vcpu-save.ts). */
+  private vcpuSave: VcpuSave | undefined;
 
-  /** Every vCPU out of KVM_RUN and parked, no disk request half done: memory, vCPU and device state hold still. */
-  async pause(): Promise<void> {
+  /**
+   * Every vCPU out of KVM_RUN and parked, no disk request half done: memory, vCPU and device state hold
+   * still. `saveVcpus` (a snapshot): each vCPU saves its own state as soon as all are parked and the
+   * disks are quiet, in parallel with whatever the caller does next; saveState() collects them.
+   */
+  async pause(options: { saveVcpus?: boolean } = {}): Promise<void> {
     if (this.stopping) throw new VmmError('the VM is stopping');
-    await this.vcpus.pause();
-    if (this.virtio && !this.releaseDisks) {
-      await new Promise<void>((quiesced, failed) => {
-        this.virtio!.quiesce('all', () => {
-          quiesced();
-          return new Promise<void>((release) => (this.releaseDisks = release));
-        }).catch(failed);
-      });
+    const quiesceDisks = this.virtio !== undefined && !this.releaseDisks;
+    const save = options.saveVcpus && !this.paused ? VcpuSave.begin(this.vcpus.control, (i) => this.vcpus.thread(i).kick(), quiesceDisks) : undefined;
+    // The disks quiesce while the vCPUs stop: a request the guest makes meanwhile waits in its
+    // ioeventfd (served after the resume, or by a restored VM), and the vCPUs save their state only once
+    // both are done (no disk can raise an interrupt after that).
+    const quiesced = quiesceDisks ? new Promise<void>((done, failed) => {
+      this.virtio!.quiesce('all', () => {
+        done();
+        return new Promise<void>((release) => (this.releaseDisks = release));
+      }).catch(failed);
+    }) : undefined;
+    try {
+      await (save ? save.parked() : this.vcpus.pause());
+      pauseStep('vCPUs parked');
+      if (quiesced) {
+        await quiesced;
+        pauseStep('disks quiesced');
+      }
+    } catch (err) {
+      save?.cancel();
+      if (quiesced) {
+        await quiesced.catch(() => {});
+        this.releaseDisks?.();
+        this.releaseDisks = undefined;
+      }
+      throw err;
     }
+    save?.openGate();
+    this.vcpuSave = save;
     this.paused = true;
   }
 
   resume(): void {
     if (this.stopping) throw new VmmError('the VM is stopping');
+    this.vcpuSave = undefined;
     this.paused = false;
     this.releaseDisks?.();
     this.releaseDisks = undefined;
@@ -353,7 +389,7 @@ export class Machine {
   /** Device state for a snapshot (the machine must be paused): a copy of every stateful device's SAB. */
   saveDeviceStates(): Record<string, Uint8Array> {
     if (!this.paused) throw new VmmError('pause the VM before saving its devices');
-    const out: Record<string, Uint8Array> = { [SERIAL_STATE_NAME]: Uint8Array.from(new Uint8Array(this.platform.serialState)) };
+    const out: Record<string, Uint8Array> = { [SERIAL_STATE_NAME]: new Uint8Array(this.platform.serialState).slice() };
     this.virtio?.saveStates().forEach((state, i) => (out[virtioStateName(i)] = state));
     return out;
   }
@@ -374,10 +410,28 @@ export class Machine {
     }
   }
 
-  /** For snapshots: VM-wide KVM state and every vCPU's state (the machine must be paused). */
-  async saveState(): Promise<{ vm: VmState; vcpus: VcpuState[] }> {
+  /**
+   * For snapshots: VM-wide KVM state and every vCPU's state (the machine must be paused). After a
+   * pause with `saveVcpus`, `vcpus` decodes the states the vCPUs saved: call it after the resume.
+   */
+  async saveState(): Promise<{ vm: VmState; vcpus: VcpuState[] | (() => VcpuState[]) }> {
     if (!this.paused) throw new VmmError('pause the VM before saving its state');
-    return { vm: this.vm.saveState(), vcpus: await this.vcpus.saveStates() };
+    const vm = this.vm.saveState();
+    pauseStep(VM_STATE_STEP);
+    const save = this.vcpuSave;
+    if (save) {
+      await save.saved();
+      pauseStep('vCPU states saved (by their threads)');
+      pauseDetailsLater(() => save.timings().flatMap((t, i) => Object.entries(t).map(([ioctl, us]): [string, number] => [`  vCPU ${i} ${ioctl}`, us])));
+      return { vm, vcpus: () => save.states() };
+    }
+    const vcpus = await this.vcpus.saveStates();
+    pauseStep('vCPU states');
+    vcpus.forEach((v, i) => {
+      for (const [ioctl, us] of Object.entries(v.saveTiming ?? {})) pauseDetail(`  vCPU ${i} ${ioctl}`, us);
+      delete v.saveTiming;
+    });
+    return { vm, vcpus };
   }
 
   async loadState(state: { vm: VmState; vcpus: VcpuState[] }): Promise<void> {

@@ -2,12 +2,32 @@
 // bootstrapping Node and loading code (koffi, the devices), which then overlaps with the main thread's
 // own loading and VM set-up. This module imports nothing heavy, so the CLI calls it first thing (and the
 // bundled CLI, scripts/bundle.ts, imports this very file: one pool per process).
+import { statSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 
-const VCPU_WORKER_URL = new URL('./vcpu-worker.js', import.meta.url);
+/**
+ * The worker's entry: its CommonJS form when the build has one made from the current code (npm run
+ * build writes it after vcpu-worker.js; a later tsc rewrites vcpu-worker.js): a thread with a CommonJS
+ * entry does not start Node's ES module loader, ~3 ms of CPU (scripts/bundle.ts).
+ */
+function workerUrl(): URL {
+  const esm = new URL('./vcpu-worker.js', import.meta.url);
+  const cjs = new URL('./vcpu-worker.cjs', import.meta.url);
+  try {
+    return statSync(fileURLToPath(cjs)).mtimeMs >= statSync(fileURLToPath(esm)).mtimeMs ? cjs : esm;
+  } catch {
+    return esm;
+  }
+}
+
+let VCPU_WORKER_URL: URL | undefined;
 const pool: Worker[] = [];
 /** Per worker: settles once its code has loaded (its 'loaded' message) or it has ended. */
 const loadedOf = new WeakMap<Worker, Promise<void>>();
+
+/** LIFEBOAT_VMM_TRACE=1: when each worker was spawned (ms since the process started). */
+const spawnTimes = process.env.LIFEBOAT_VMM_TRACE === '1' ? new WeakMap<Worker, number>() : undefined;
 
 /** Most workers started ahead of time. */
 export const MAX_PREWARM = 64;
@@ -22,7 +42,9 @@ function spawnVcpuWorker(): Worker {
     const max = stream.getMaxListeners();
     if (max !== 0 && max !== Infinity) stream.setMaxListeners(max + 1);
   }
-  const worker = new Worker(VCPU_WORKER_URL);
+  const spawning = spawnTimes && performance.now();
+  const worker = new Worker((VCPU_WORKER_URL ??= workerUrl()));
+  if (spawning) spawnTimes!.set(worker, spawning);
   loadedOf.set(worker, new Promise<void>((resolve) => {
     const onMessage = (m: { type?: string } | undefined) => {
       if (m?.type === 'loaded') done();
@@ -35,6 +57,11 @@ function spawnVcpuWorker(): Worker {
     worker.once('exit', done);
   }));
   return worker;
+}
+
+/** When `worker` was spawned, in ms since the process started (LIFEBOAT_VMM_TRACE=1 only). */
+export function spawnedAt(worker: Worker): number | undefined {
+  return spawnTimes?.get(worker);
 }
 
 /**

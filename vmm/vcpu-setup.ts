@@ -15,9 +15,12 @@ export type VcpuBoot =
   /** Real mode at 0:`ip`, the state of a CPU after reset (used to run hand-placed code in tests). */
   | { kind: 'real-mode'; ip: number; supportedCpuid: KvmCpuidEntry[]; vcpuCount: number }
   /** A saved vCPU state (a snapshot being resumed). */
-  | { kind: 'restore'; state: VcpuState };
+  | { kind: 'restore'; state: VcpuState }
+  /** Put into its boot state already, by the thread that created it (vcpus.ts): nothing left to do. */
+  | { kind: 'configured' };
 
 export function configureVcpu(vcpu: VcpuFd, boot: VcpuBoot): void {
+  if (boot.kind === 'configured') return;
   if (boot.kind === 'restore') {
     loadVcpuState(vcpu, boot.state);
     return;

@@ -9,7 +9,7 @@ import { VmmError } from './kvm/errors.js';
 import * as ctl from './vcpu-control.js';
 import type { VcpuBoot } from './vcpu-setup.js';
 import type { VcpuState } from './vcpu-state.js';
-import { vcpuWorker, workerLoaded } from './vcpu-prewarm.js';
+import { spawnedAt, vcpuWorker, workerLoaded } from './vcpu-prewarm.js';
 
 /**
  * The first message a vCPU worker waits for (it may have been spawned before the VM existed, see
@@ -41,7 +41,7 @@ export type VcpuToMain =
   /** The worker's code (koffi included) has loaded; until then it must not be terminated (vcpu-prewarm.ts). */
   | { type: 'loaded' }
   /** `timing`: wall-clock ms (timeOrigin-based) when the worker's code had loaded, was configured, was ready. */
-  | { type: 'ready'; vcpu: number; tid: bigint; timing: { loadedAt: number; configuredAt: number; readyAt: number } }
+  | { type: 'ready'; vcpu: number; tid: bigint; timing: { loadedAt: number; configuredAt: number; attachedAt: number; readyAt: number; running: boolean } }
   /** Setting up the vCPU failed (before 'ready'). */
   | { type: 'failed'; vcpu: number; message: string }
   | { type: 'event'; vcpu: number; kind: number; status: number; message?: string };
@@ -84,6 +84,8 @@ export class VcpuThread {
   private readyWaiter: { resolve(): void; reject(err: Error): void } | undefined;
   private onEvent: (e: Extract<VcpuToMain, { type: 'event' }>) => void = () => {};
   private failure: Error | undefined;
+  /** The thread has ended (waitFor stops waiting for a state it can no longer report). */
+  private ended = false;
   readonly exited: Promise<void>;
 
   private readonly commands: MessagePort;
@@ -101,7 +103,8 @@ export class VcpuThread {
         this.tid = m.tid;
         if (process.env.LIFEBOAT_VMM_TRACE === '1') {
           const t = (at: number) => (at - performance.timeOrigin).toFixed(1);
-          process.stderr.write(`lifeboat vm trace: vCPU ${index} code loaded t=${t(m.timing.loadedAt)} ms, configured t=${t(m.timing.configuredAt)} ms, ready t=${t(m.timing.readyAt)} ms\n`);
+          const run = m.timing.running ? 'running' : 'parked';
+          process.stderr.write(`lifeboat vm trace: vCPU ${index} code loaded t=${t(m.timing.loadedAt)} ms, configured t=${t(m.timing.configuredAt)} ms, ready t=${t(m.timing.readyAt)} ms (thread spawned t=${(spawnedAt(worker) ?? NaN).toFixed(1)} ms, attached t=${t(m.timing.attachedAt)} ms, then ${run})\n`);
         }
         this.readyWaiter?.resolve();
       } else if (m.type === 'failed') {
@@ -115,6 +118,7 @@ export class VcpuThread {
       this.onEvent({ type: 'event', vcpu: index, kind: ctl.EVENT_CRASH, status: 1, message: `vCPU ${index} thread failed: ${err.message}` });
     });
     this.exited = new Promise((resolve) => worker.once('exit', () => {
+      this.ended = true;
       this.readyWaiter?.reject(this.failure ?? new Error(`vCPU ${index} thread exited during setup`));
       resolve();
     }));
@@ -141,7 +145,11 @@ export class VcpuThread {
     this.kick();
   }
 
-  /** Sends the VM's memory and devices; resolves once the vCPU is configured, attached and parked. */
+  /**
+   * Sends the VM's memory and devices; resolves once the vCPU is configured and attached: parked, or
+   * already running if `resume` was called meanwhile (the worker then enters KVM_RUN without waiting
+   * for this thread; its `tid`, for kicks, arrives with 'ready').
+   */
   async attach(vm: Pick<VcpuAttach, 'memory' | 'devices'>, onEvent: (e: Extract<VcpuToMain, { type: 'event' }>) => void): Promise<void> {
     this.onEvent = onEvent;
     const ready = new Promise<void>((resolve, reject) => (this.readyWaiter = { resolve, reject }));
@@ -185,14 +193,16 @@ export class VcpuThread {
   }
 
   async stop(): Promise<void> {
-    if (!this.setUp || this.tid === 0n) {
-      // Never configured (a boot step failed): nothing runs guest code, just end the thread (once its
+    if (!this.setUp) {
+      // Never attached (a boot step failed): nothing runs guest code, just end the thread (once its
       // code has loaded: terminating a thread while koffi's native module initialises aborts the process).
       await workerLoaded(this.worker);
       await this.worker.terminate();
       await this.exited;
       return;
     }
+    // Attached: it may be in KVM_RUN already (a run requested before its 'ready' arrived, see attach),
+    // so it is stopped, never terminated (waitFor ends too if the thread died on its own).
     this.request(ctl.STOP);
     await this.waitFor((s) => s === ctl.STOPPED);
     await this.exited;
@@ -202,7 +212,7 @@ export class VcpuThread {
     const at = this.base + ctl.STATE;
     for (;;) {
       const s = Atomics.load(this.control, at);
-      if (done(s)) return;
+      if (done(s) || this.ended) return;
       this.kick();
       const w = waitAsync(this.control, at, s, PAUSE_POLL_MS);
       if (w.async) await w.value;

@@ -13,7 +13,7 @@ import * as libc from './sys/libc.js';
 import * as ctl from './vcpu-control.js';
 import { exitReasonName, instructionBytes, internalErrorName } from './vcpu-fault.js';
 import { configureVcpu } from './vcpu-setup.js';
-import { loadVcpuState, saveVcpuState } from './vcpu-state.js';
+import { AREA_GATE_OPEN_AT, AREA_PARKED_AT, loadVcpuState, saveVcpuState, saveVcpuStateInto, VcpuStateArea } from './vcpu-state.js';
 import type { VcpuAttach, VcpuCommand, VcpuCommandResult, VcpuConfigure, VcpuToMain } from './vcpu-thread.js';
 
 // Start-up timing for LIFEBOAT_VMM_TRACE only: the first use of `performance` loads code in a new thread.
@@ -49,6 +49,7 @@ try {
 }
 const configuredAt = now();
 const attach = await next<VcpuAttach>('attach');
+const attachedAt = now();
 port.removeAllListeners('message');
 // Guest memory is read here only to report a crash. Mapping a view of it costs a garbage collection
 // (V8 counts the view as external memory), so that waits until a crash needs it.
@@ -101,14 +102,56 @@ function runCommand(command: VcpuCommand): VcpuCommandResult {
   }
 }
 
+let stateArea: VcpuStateArea | undefined;
+let savedEpoch = 0;
+
+/** PAUSE_SAVE (a snapshot): once every vCPU is parked and the disks are quiet, save this vCPU's state. */
+function saveForSnapshot(): void {
+  const epoch = Atomics.load(control, ctl.controlShared(control) + ctl.SAVE_EPOCH);
+  if (epoch === savedEpoch) return;
+  savedEpoch = epoch;
+  stateArea ??= new VcpuStateArea(data.control, ctl.stateAreaOffset(control, data.index));
+  stateArea.timing[AREA_PARKED_AT] = performance.timeOrigin + performance.now();
+  if (!ctl.arriveAtSaveGate(control, me)) return;
+  stateArea.timing[AREA_GATE_OPEN_AT] = performance.timeOrigin + performance.now();
+  saveVcpuStateInto(vcpu, stateArea, data.msrIndices, data.xsaveSize);
+  ctl.savedState(control);
+}
+
+/**
+ * An IO or MMIO exit is complete (an IN's value in its register, RIP past the instruction) only once
+ * KVM_RUN is entered again. Before the vCPU's state can be read, enter it with immediate_exit set:
+ * KVM completes the instruction and returns at once, running no further guest instruction.
+ */
+function completePendingIo(): void {
+  for (let i = 0; i < 64; i++) {
+    const reason = run.getUint32(8, true);
+    if (reason !== ioc.KVM_EXIT_IO && reason !== ioc.KVM_EXIT_MMIO) return;
+    run.setUint8(1, 1);
+    const ret = libc.ioctlRaw(data.vcpuFd, ioc.KVM_RUN, 0);
+    run.setUint8(1, 0);
+    if (ret < 0) {
+      run.setUint32(8, ioc.KVM_EXIT_INTR, true);
+      return;
+    }
+    // A string IO instruction may need another round with its device.
+    const next = run.getUint32(8, true);
+    if (next === ioc.KVM_EXIT_IO) handleIo();
+    else if (next === ioc.KVM_EXIT_MMIO) handleMmio();
+    else return;
+  }
+}
+
 /** Parked until RUN (true) or STOP (false); runs commands meanwhile. */
 function park(): boolean {
   run.setUint8(1, 0); // immediate_exit: consumed
+  if (Atomics.load(control, me + ctl.REQUEST) !== ctl.STOP) completePendingIo();
   Atomics.store(control, me + ctl.STATE, ctl.PARKED);
   Atomics.notify(control, me + ctl.STATE);
   for (;;) {
     const wake = Atomics.load(control, me + ctl.WAKE);
     const request = Atomics.load(control, me + ctl.REQUEST);
+    if (request === ctl.PAUSE_SAVE) saveForSnapshot();
     for (let m = receiveMessageOnPort(attach.commands); m; m = receiveMessageOnPort(attach.commands)) {
       attach.commands.postMessage(runCommand(m.message as VcpuCommand));
     }
@@ -210,6 +253,7 @@ function loop(): void {
         // A kick: consumed. A kick that lands after park() cleared the flag would otherwise leave it set
         // and make every later KVM_RUN return EINTR at once (a VM that never runs again after a resume).
         run.setUint8(1, 0);
+        run.setUint32(8, ioc.KVM_EXIT_INTR, true); // no IO exit awaits completion (see completePendingIo)
         continue;
       }
       crash(`KVM_RUN failed: ${new libc.SysError('KVM_RUN', e).message}`);
@@ -226,7 +270,8 @@ if (configureError) {
   post({ type: 'failed', vcpu: data.index, message: `setting up vCPU ${data.index} failed: ${configureError.message}` });
 } else {
   try {
-    post({ type: 'ready', vcpu: data.index, tid: libc.pthreadSelf(), timing: { loadedAt, configuredAt, readyAt: now() } });
+    const running = Atomics.load(control, me + ctl.REQUEST) === ctl.RUN;
+    post({ type: 'ready', vcpu: data.index, tid: libc.pthreadSelf(), timing: { loadedAt, configuredAt, attachedAt, readyAt: now(), running } });
     loop();
   } catch (err) {
     raiseEvent(ctl.EVENT_CRASH, 1, `vCPU ${data.index} failed: ${(err as Error).message}`);

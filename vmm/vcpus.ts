@@ -8,7 +8,9 @@ import type { VmFd } from './kvm/vm.js';
 import type { GuestMemory } from './memory.js';
 import * as libc from './sys/libc.js';
 import * as ctl from './vcpu-control.js';
-import type { VcpuBoot } from './vcpu-setup.js';
+import { VmmError } from './kvm/errors.js';
+import { VcpuFd } from './kvm/vcpu.js';
+import { configureVcpu, type VcpuBoot } from './vcpu-setup.js';
 import type { VcpuState } from './vcpu-state.js';
 import { VcpuThread, type VcpuToMain } from './vcpu-thread.js';
 
@@ -24,6 +26,24 @@ export interface VcpuStartOptions {
 interface VcpuResources {
   fd: number;
   runAddress: bigint;
+}
+
+/**
+ * The boot vCPU (0) is put into its boot state here, on the thread creating the VM (as Firecracker does),
+ * not by its worker: a boot's workers are still bootstrapping Node at this point (the boot vCPU's is
+ * what the first KVM_RUN waits for, vcpu-prewarm.ts), and these ioctls (~1 ms) would otherwise come
+ * after that. The other vCPUs configure themselves on their own threads: they have until the guest's
+ * INIT/SIPI, and this thread's own work is on the path to the first KVM_RUN too. A restored vCPU loads
+ * its saved state on its own thread, like every later state command.
+ */
+function configureFresh(fd: number, index: number, boot: VcpuBoot): VcpuBoot {
+  if (index !== 0 || boot.kind === 'restore' || boot.kind === 'configured') return boot;
+  try {
+    configureVcpu(new VcpuFd(fd, index), boot);
+  } catch (err) {
+    throw new VmmError(`setting up vCPU ${index} failed: ${(err as Error).message}`);
+  }
+  return { kind: 'configured' };
 }
 
 export class VcpuSet {
@@ -56,7 +76,7 @@ export class VcpuSet {
       const xsaveSize = kvm.xsave2Size();
       set.resources.forEach((r, index) => set.threads.push(VcpuThread.spawn({
         index, vcpuFd: r.fd, runAddress: r.runAddress, runSize: set.runSize, control: set.control, events: set.events, msrIndices, xsaveSize,
-        boot: boot(index),
+        boot: configureFresh(r.fd, index, boot(index)),
       })));
     } catch (err) {
       void set.stop();
@@ -70,7 +90,11 @@ export class VcpuSet {
     return libc.ioctlInt(this.resources[0]!.fd, KVM_GET_TSC_KHZ, 0, 'KVM_GET_TSC_KHZ');
   }
 
-  /** Hands every vCPU thread the VM's memory and devices; they end up parked, ready to run (call `resume`). */
+  /**
+   * Hands every vCPU thread the VM's memory and devices (at once, before the first await); resolves once
+   * every thread is ready: parked, or running if `resume` was called meanwhile (a boot requests the run
+   * as soon as guest memory is loaded, and each vCPU enters KVM_RUN the moment its thread is ready).
+   */
   async start(o: VcpuStartOptions): Promise<void> {
     const onEvent = (e: MachineEvent) => this.handleEvent(e, o.onEvent);
     const started = await Promise.allSettled(this.threads.map((t) => t.attach({ memory: o.memory.shared, devices: o.devices }, onEvent)));

@@ -1,5 +1,11 @@
+import { prewarmForCommand } from '../../vmm/vcpu-prewarm.js';
 import { commands } from './commands/index.js';
 import { UsageError, UserError, type CommandEntry } from './command.js';
+
+// `vm run` / `vm restore` spend most of their start-up in vCPU worker threads bootstrapping Node and
+// loading code: those start first thing (this module's first statement, the prewarm module being a
+// static import), before the command's own code loads, so that the two overlap.
+prewarmForCommand(process.argv.slice(2));
 
 async function usage(): Promise<string> {
   const loaded = await Promise.all(commands.map((c) => c.load()));
@@ -18,9 +24,6 @@ function findCommand(argv: string[]): { entry: CommandEntry; rest: string[] } | 
 }
 
 export async function main(argv: string[]): Promise<number> {
-  // `vm run` / `vm restore` spend most of their start-up in vCPU worker threads bootstrapping Node and
-  // loading code: those start now, before the command's own code loads, so that the two overlap.
-  if (argv.includes('vm')) (await import('../../vmm/vcpu-prewarm.js')).prewarmForCommand(argv);
   const debug = argv.includes('--debug');
   const args = argv.filter((a) => a !== '--debug');
   if (args.length === 0 || args[0] === '--help' || args[0] === 'help') {
