@@ -12,6 +12,7 @@ import {
   TARGET_KINDS,
   type ChunkReference,
   type ChunkRow,
+  type ChunkUseChange,
   type DiskRecord,
   type EventInput,
   type EventRow,
@@ -310,16 +311,22 @@ export class Catalog {
       const disk = this.db.prepare('INSERT INTO point_disks (point_id, name, size_bytes) VALUES (?, ?, ?)');
       for (const d of point.disks) disk.run(point.id, d.name, d.sizeBytes);
 
-      const trusted = lineage && point.delta && lineage.head !== null && point.delta.baseId === lineage.head ? new Set(point.delta.changed) : null;
-      // The point's count of each chunk (with a trusted delta, of the changed chunks only: a lookup per
-      // reference instead of a map entry per chunk).
-      const uses = new Map<string, { ref: ChunkReference; uses: number }>();
-      const references = trusted ? point.delta!.references : undefined;
-      for (const ref of references ?? point.chunks) {
-        if (trusted && !trusted.has(ref.id)) continue;
-        const seen = uses.get(ref.id);
-        if (seen) seen.uses++;
-        else uses.set(ref.id, { ref, uses: 1 });
+      let trusted = lineage && point.delta && lineage.head !== null && point.delta.baseId === lineage.head ? new Set(point.delta.changed) : null;
+      // The point's count of each chunk (with a trusted delta, of the changed chunks only: from the
+      // base's counts and the changes when it has them, else a lookup per reference).
+      let uses = trusted && point.delta!.changes ? this.countsFromBase(point.targetId, point.vmId, trusted, point.delta!.changes) : null;
+      // Counts that do not add up (a count below zero, a new chunk without its location) mean the delta
+      // does not fit the lineage after all: the point is diffed in full.
+      if (trusted && point.delta!.changes && !uses) trusted = null;
+      if (!uses) {
+        uses = new Map();
+        const references = trusted ? point.delta!.references : undefined;
+        for (const ref of references ?? point.chunks) {
+          if (trusted && !trusted.has(ref.id)) continue;
+          const seen = uses.get(ref.id);
+          if (seen) seen.uses++;
+          else uses.set(ref.id, { ref, uses: 1 });
+        }
       }
       // The chunks whose count differs from the lineage's newest point (what its open spans hold).
       let changed: Iterable<string>;
@@ -358,6 +365,29 @@ export class Catalog {
         .run(point.targetId, point.vmId, seq, point.id);
       return { recorded: true };
     });
+  }
+
+  /**
+   * The counts of the changed chunks after a trusted delta's changes: the lineage's open spans (the
+   * base point's counts) plus each change. Only chunks still used are in the map; null when the changes
+   * do not fit the spans.
+   */
+  private countsFromBase(
+    targetId: string,
+    vmId: string,
+    changed: Set<string>,
+    changes: readonly ChunkUseChange[],
+  ): Map<string, { ref: ChunkReference; uses: number }> | null {
+    if (changes.length !== changed.size) return null;
+    const openUses = this.db.prepare('SELECT uses FROM chunk_spans WHERE target_id = ? AND vm_id = ? AND chunk_id = ? AND to_seq IS NULL').pluck();
+    const out = new Map<string, { ref: ChunkReference; uses: number }>();
+    for (const c of changes) {
+      if (!changed.has(c.id) || !Number.isInteger(c.change) || c.change === 0) return null;
+      const now = ((openUses.get(targetId, vmId, c.id) as number | undefined) ?? 0) + c.change;
+      if (now < 0 || (now > 0 && !c.location)) return null;
+      if (now > 0) out.set(c.id, { ref: { id: c.id, ...c.location! }, uses: now });
+    }
+    return out;
   }
 
   getPoint(id: string): PointRow | undefined {

@@ -209,6 +209,15 @@ export const MIGRATIONS: readonly Migration[] = [
       `);
     },
   },
+  {
+    version: 3,
+    name: 'no separate index of open chunk spans: the primary key finds a chunk\'s open span',
+    // chunk_spans_open duplicated, for every span, a B-tree keyed by chunk id: recording a point wrote
+    // each changed chunk's leaf page in it as well as in chunk_spans and chunks (ids are random, so a
+    // page per chunk). The primary key (target_id, chunk_id, vm_id, from_seq) finds a chunk's open span
+    // among its few spans, and the lineage's open spans are read through chunk_spans_by_lineage.
+    sql: `DROP INDEX chunk_spans_open;`,
+  },
 ];
 
 export const LATEST_SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1].version;

@@ -108,6 +108,20 @@ export interface PointChunkDelta {
    * reads (a backup builds that list only if it is read).
    */
   references?: ChunkReference[];
+  /**
+   * By how much each changed chunk's count changed (the point's count minus the base's; never 0), in
+   * the order of `changed`. When the catalog trusts the delta it adds these to the counts of the base
+   * (its lineage's open spans) and needs neither `references` nor the whole chunk list. `location` is
+   * required for a chunk whose count grew (it may be new to the catalog).
+   */
+  changes?: ChunkUseChange[];
+}
+
+/** One entry of `PointChunkDelta.changes`. */
+export interface ChunkUseChange {
+  id: string;
+  change: number;
+  location?: Omit<ChunkReference, 'id'>;
 }
 
 /** A recovery point as listed by the catalog (without its chunk list). */

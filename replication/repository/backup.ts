@@ -11,7 +11,7 @@ import type { ChunkIndex } from './chunk-index.js';
 import { ChangeBitmapError, granuleCount, markDirtyChunks, type ChangeBitmap } from './change-bitmap.js';
 import { Semaphore } from './concurrency.js';
 import { readCondemned } from './condemned.js';
-import { BlobType, CHUNK_ID_BYTES, MAP_PAGE_CELLS, MAX_EXTENTS_PER_CELL, ZERO_CHUNK_ID } from './constants.js';
+import { BlobType, CHUNK_ID_BYTES, MAP_PAGE_CELLS, MAX_EXTENTS_PER_CELL } from './constants.js';
 import { ExtentMapBuilder, encodeMapPages, type ExtentMap } from './extent-map.js';
 import { InputError, PointNotFoundError, RepositoryError } from './errors.js';
 import { Lease } from './leases.js';
@@ -98,6 +98,14 @@ export interface BackupResult {
   index: ChunkIndex;
   /** The parent's extent maps this backup read, by `imageMapKey` of the parent's image. */
   parentMaps: Map<string, ExtentMap>;
+  /** The parent's manifest (null for a full backup). */
+  parentManifest: PointManifest | null;
+  /**
+   * Per image (disks, then memory): the parent image (its `imageMapKey`) the map was spliced from and
+   * the cells whose extents may differ from it; every other cell holds the parent's extents byte for
+   * byte. null when the image was not built on a parent map (full or hash-compare).
+   */
+  changedCells: ({ parentKey: string; cells: Uint32Array } | null)[];
 }
 
 /** LIFEBOAT_TRACE=1: each phase of a backup on stderr, in ms since the backup began (for profiling). */
@@ -116,6 +124,17 @@ const PACK_BODY_SLACK = 2 * 1024 * 1024;
  * (measured: docs/benchmarks.md, "Repository (issue 5)").
  */
 const LOCAL_LANE_MAX_BYTES = 256 * 1024 * 1024;
+
+/** A reused pack body: a full pack and its index fit in it. */
+function packBodyBytes(repo: Repository): number {
+  return repo.packSize + PACK_BODY_SLACK;
+}
+
+/**
+ * Pack bodies a worker touches while the index loads and the plan is made (it has nothing else to do
+ * then): what an incremental of a few percent of a disk fills, with UPLOAD_CONCURRENCY packs uploading.
+ */
+const PREPARED_PACK_BODIES = 3;
 
 /** Workers a backup with `lanes` lanes starts before it knows how much it will read. */
 export function earlyWorkerCount(lanes: number): number {
@@ -155,7 +174,8 @@ interface ImagePlan {
   /** The parent's extents (for Copy and Splice cells), and the parent image they map. */
   parentMap: ExtentMap | null;
   parentImage: ImageEntry | null;
-  /** The new point's extents, assembled once every piece is read. */
+  /** The new point's extents: assembled while the pieces are read, finished once all are. */
+  assembler: MapAssembler | null;
   map: ExtentMap | null;
   trackingEpoch: string | null;
   /** Why a given bitmap was not used, if it was not. */
@@ -203,9 +223,14 @@ class BackupRun {
     this.metaPack = new PackBuilder();
   }
 
-  async close(): Promise<void> {
+  /** Pack bodies made ready by a worker meanwhile (see ChunkWorkers.touchedBuffers). */
+  addSpareBodies(bodies: Buffer[]): void {
+    this.spareBodies.push(...bodies);
+  }
+
+  /** Resolves once no upload of this run is in flight. */
+  async settled(): Promise<void> {
     await Promise.allSettled([...this.uploading]);
-    await this.workers.close();
   }
 
   private known(id: Buffer): boolean {
@@ -226,7 +251,7 @@ class BackupRun {
     await this.uploads.acquire();
     const size = builder.finishedSize(this.repo.sealer);
     let body = this.spareBodies.pop();
-    if (!body || body.length < size) body = Buffer.allocUnsafeSlow(Math.max(size, this.repo.packSize + PACK_BODY_SLACK));
+    if (!body || body.length < size) body = Buffer.allocUnsafeSlow(Math.max(size, packBodyBytes(this.repo)));
     const pack: FinishedPack = builder.finish(this.repo.sealer, body);
     const upload = (async () => {
       try {
@@ -252,9 +277,9 @@ class BackupRun {
     if (this.failure) throw this.failure;
   }
 
-  private async addData(blobs: { id: Buffer; stored: Buffer; rawLength: number; crc32: number; compression: number }[]): Promise<void> {
+  private async addData(blobs: { id: Buffer; parts: Buffer[]; storedLength: number; rawLength: number; crc32: number; compression: number }[]): Promise<void> {
     for (const b of blobs) {
-      this.dataPack.add({ ...b, type: BlobType.Chunk });
+      this.dataPack.addParts({ id: b.id, rawLength: b.rawLength, crc32: b.crc32, compression: b.compression, type: BlobType.Chunk }, b.parts, b.storedLength);
       if (this.dataPack.dataSize >= this.repo.packSize) {
         const full = this.dataPack;
         this.dataPack = new PackBuilder();
@@ -327,12 +352,14 @@ class BackupRun {
     if (fresh.length) {
       const encoded = await this.workers.encode(hashed, fresh, Buffer.concat(freshIds), BlobType.Chunk);
       this.checkFailure();
-      let p = 0;
-      const blobs = fresh.map((j, k) => {
-        const stored = encoded.stored.subarray(p, p + encoded.lengths[k]);
-        p += encoded.lengths[k];
-        return { id: freshIds[k], stored, rawLength: chunkLengths[j], crc32: encoded.crc32[k], compression: encoded.compression[k] };
-      });
+      const blobs = fresh.map((j, k) => ({
+        id: freshIds[k],
+        parts: encoded.parts[k],
+        storedLength: encoded.lengths[k],
+        rawLength: chunkLengths[j],
+        crc32: encoded.crc32[k],
+        compression: encoded.compression[k],
+      }));
       await this.addData(blobs);
     } else {
       await this.workers.release(hashed);
@@ -360,13 +387,25 @@ class BackupRun {
     const window = new Semaphore(2 * this.workers.size + 2);
     const running = new Set<Promise<void>>();
     for (const plan of plans) {
+      // Batches finish out of order; the map is assembled up to the first piece not read yet.
+      const inOrder: Batch[] = [];
+      const finished = new Set<Batch>();
+      let issuedEnd = 0;
+      const assembled = (batch: Batch) => {
+        finished.add(batch);
+        while (inOrder.length && finished.has(inOrder[0])) finished.delete(inOrder.shift()!);
+        plan.assembler!.advance(inOrder.length ? inOrder[0].first : issuedEnd);
+      };
       for (const batch of this.batches(plan)) {
         await window.acquire();
         if (this.failure) {
           window.release();
           break;
         }
+        inOrder.push(batch);
+        issuedEnd = batch.first + batch.count;
         const task = this.processBatch(batch)
+          .then(() => assembled(batch))
           .catch((err) => {
             this.failure ??= err;
           })
@@ -472,20 +511,20 @@ function changedRuns(bitmap: ChangeBitmap, c: number, chunkSize: number, size: n
 /** Extents cell c would hold with `runs` spliced into the parent's extents of the cell. */
 function splicedCount(parent: ExtentMap, c: number, runs: [number, number][], chunkSize: number): number {
   let n = runs.length;
-  let cursor = c * chunkSize;
-  const gaps: [number, number][] = [];
-  for (const [a, b] of runs) {
-    gaps.push([cursor, a]);
-    cursor = b;
-  }
-  gaps.push([cursor, Math.min(parent.size, (c + 1) * chunkSize)]);
-  for (const [a, b] of gaps) {
-    if (a >= b) continue;
+  // The parent's extents overlapping each gap between runs (and before the first, after the last).
+  const gap = (a: number, b: number) => {
+    if (a >= b) return;
     for (let k = parent.cellFirst[c]; k < parent.cellFirst[c + 1]; k++) {
       const p = parent.positions[k];
       if (p < b && p + parent.lengths[k] > a) n++;
     }
+  };
+  let cursor = c * chunkSize;
+  for (const [a, b] of runs) {
+    gap(cursor, a);
+    cursor = b;
   }
+  gap(cursor, Math.min(parent.size, (c + 1) * chunkSize));
   return n;
 }
 
@@ -539,6 +578,7 @@ async function planImage(
     pieceOffsets: new Uint32Array(0),
     parentMap: null,
     parentImage: null,
+    assembler: null,
     map: null,
     trackingEpoch: bitmap?.epoch ?? null,
     note: null,
@@ -546,6 +586,7 @@ async function planImage(
   const finish = () => {
     plan.pieceIds = Buffer.alloc(plan.piecePos.length * CHUNK_ID_BYTES);
     plan.pieceOffsets = new Uint32Array(plan.piecePos.length);
+    plan.assembler = new MapAssembler(plan, cs);
     return plan;
   };
   // A bitmap is trusted only when it counts changes from exactly the instant the parent point was taken:
@@ -598,52 +639,80 @@ async function planImage(
   return finish();
 }
 
-/** The new point's extent map: the parent's extents with the pieces read put in their place. */
-function assembleMap(plan: ImagePlan, chunkSize: number): ExtentMap {
-  const b = new ExtentMapBuilder(plan.size, chunkSize, true, plan.cells + 2 * plan.piecePos.length + 16);
-  const parent = plan.parentMap;
-  const pieceId = (i: number) => {
-    const id = plan.pieceIds.subarray(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES);
-    return id.equals(ZERO_CHUNK_ID) ? null : id;
-  };
-  const addPieceExtent = (i: number) => {
-    const id = pieceId(i);
-    b.add(id, id ? plan.pieceOffsets[i] : 0, plan.pieceLen[i]);
-  };
-  /** The parent's bytes [a, b) of cell c, as slices of its extents. */
-  const parentRange = (c: number, a: number, end: number) => {
-    for (let k = parent!.cellFirst[c]; k < parent!.cellFirst[c + 1]; k++) {
-      const p = parent!.positions[k];
-      const lo = Math.max(a, p);
-      const hi = Math.min(end, p + parent!.lengths[k]);
-      if (lo >= hi) continue;
-      if (parent!.isZero(k)) b.add(null, 0, hi - lo);
-      else b.add(parent!.id(k), parent!.offsets[k] + (lo - p), hi - lo);
-    }
-  };
-  let i = 0;
-  for (let c = 0; c < plan.cells; c++) {
-    const action = plan.cellAction[c];
-    if (action === CellAction.Copy) {
-      let end = c + 1;
-      while (end < plan.cells && plan.cellAction[end] === CellAction.Copy) end++;
-      b.copyCells(parent!, c, end);
-      c = end - 1;
-    } else if (action === CellAction.Whole) {
-      addPieceExtent(i);
-      i++;
-    } else {
-      const cellEnd = Math.min(plan.size, (c + 1) * chunkSize);
-      let cursor = c * chunkSize;
-      for (; i < plan.piecePos.length && plan.piecePos[i] < cellEnd; i++) {
-        parentRange(c, cursor, plan.piecePos[i]);
-        addPieceExtent(i);
-        cursor = plan.piecePos[i] + plan.pieceLen[i];
+/**
+ * The new point's extent map: the parent's extents with the pieces read put in their place. Cells are
+ * assembled in image order as soon as every piece they take is read (`advance`), so that most of the
+ * work is done while later batches are still being read and hashed.
+ */
+class MapAssembler {
+  private readonly b: ExtentMapBuilder;
+  /** The next cell to assemble, and its first piece. */
+  private c = 0;
+  private i = 0;
+
+  constructor(
+    private readonly plan: ImagePlan,
+    private readonly chunkSize: number,
+  ) {
+    this.b = new ExtentMapBuilder(plan.size, chunkSize, true, plan.cells + 2 * plan.piecePos.length + 16);
+  }
+
+  /** Assembles the cells whose pieces are all among the first `pieces` (their ids are known). */
+  advance(pieces: number): void {
+    const { plan, b, chunkSize } = this;
+    const parent = plan.parentMap;
+    while (this.c < plan.cells) {
+      const c = this.c;
+      const action = plan.cellAction[c];
+      if (action === CellAction.Copy) {
+        let end = c + 1;
+        while (end < plan.cells && plan.cellAction[end] === CellAction.Copy) end++;
+        b.copyCells(parent!, c, end);
+        this.c = end;
+        continue;
       }
-      parentRange(c, cursor, cellEnd);
+      const cellEnd = Math.min(plan.size, (c + 1) * chunkSize);
+      let last = this.i + 1;
+      if (action === CellAction.Splice) while (last < plan.piecePos.length && plan.piecePos[last] < cellEnd) last++;
+      if (last > pieces) return;
+      if (action === CellAction.Whole) {
+        this.addPiece(this.i);
+      } else {
+        let cursor = c * chunkSize;
+        for (let i = this.i; i < last; i++) {
+          this.parentRange(c, cursor, plan.piecePos[i]);
+          this.addPiece(i);
+          cursor = plan.piecePos[i] + plan.pieceLen[i];
+        }
+        this.parentRange(c, cursor, cellEnd);
+      }
+      this.i = last;
+      this.c = c + 1;
     }
   }
-  return b.finish();
+
+  finish(): ExtentMap {
+    this.advance(this.plan.piecePos.length);
+    return this.b.finish();
+  }
+
+  private addPiece(i: number): void {
+    // An all-zero piece has the zero id and offset 0: addAt stores it as zeros.
+    this.b.addAt(this.plan.pieceIds, i * CHUNK_ID_BYTES, this.plan.pieceOffsets[i], this.plan.pieceLen[i]);
+  }
+
+  /** The parent's bytes [a, end) of cell c, as slices of its extents. */
+  private parentRange(c: number, a: number, end: number): void {
+    const parent = this.plan.parentMap!;
+    for (let k = parent.cellFirst[c]; k < parent.cellFirst[c + 1]; k++) {
+      const p = parent.positions[k];
+      const lo = Math.max(a, p);
+      const hi = Math.min(end, p + parent.lengths[k]);
+      if (lo >= hi) continue;
+      if (parent.isZero(k)) this.b.addAt(null, 0, 0, hi - lo);
+      else this.b.addAt(parent.records, parent.idAt(k), parent.offsets[k] + (lo - p), hi - lo);
+    }
+  }
 }
 
 /**
@@ -661,7 +730,16 @@ async function checkPacksStillThere(repo: Repository, index: ChunkIndex, plans: 
   };
   for (const p of plans) {
     const map = p.map!;
-    for (let k = 0; k < map.count; k++) if (!map.isZero(k)) need(map.records, map.idAt(k));
+    const zeros = map.zeros;
+    // Neighbouring extents mostly name the same blob (a cell spliced, cells of one chunk): looked up once.
+    let last = -1;
+    for (let k = 0, n = map.count; k < n; k++) {
+      if (zeros[k] === 1) continue;
+      const at = map.idAt(k);
+      if (last >= 0 && sameIdAt(map.records, last, at)) continue;
+      need(map.records, at);
+      last = at;
+    }
   }
   for (const img of images) for (const page of img.pages) need(Buffer.from(page, 'hex'), 0);
   for (const id of extra) need(Buffer.from(id, 'hex'), 0);
@@ -671,6 +749,21 @@ async function checkPacksStillThere(repo: Repository, index: ChunkIndex, plans: 
       throw new RepositoryError(`pack ${packId}, which this backup uses, was deleted while it ran (its lease had lapsed); run the backup again`);
     }
   }
+}
+
+function sameIdAt(records: Buffer, a: number, b: number): boolean {
+  for (let i = 0; i < CHUNK_ID_BYTES; i++) if (records[a + i] !== records[b + i]) return false;
+  return true;
+}
+
+/** The cells of a plan that do not take the parent's extents as they are. */
+function cellsNotCopied(plan: ImagePlan): Uint32Array {
+  let n = 0;
+  for (let c = 0; c < plan.cells; c++) if (plan.cellAction[c] !== CellAction.Copy) n++;
+  const cells = new Uint32Array(n);
+  n = 0;
+  for (let c = 0; c < plan.cells; c++) if (plan.cellAction[c] !== CellAction.Copy) cells[n++] = c;
+  return cells;
 }
 
 function bytesToRead(plan: ImagePlan): number {
@@ -697,6 +790,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
   // start early; the last becomes a worker or, for a small job, this thread (see planned below).
   const lanes = options.workers ?? defaultWorkerCount();
   const workers = (options.workerPool ?? new ChunkWorkers(undefined, null, earlyWorkerCount(lanes))).configure(repo.keys, repo.compressionQuality);
+  const preparedBodies = workers.touchedBuffers(PREPARED_PACK_BODIES, packBodyBytes(repo)).catch(() => null);
   const plans: ImagePlan[] = [];
   let run: BackupRun | null = null;
   let lease: Lease | null = null;
@@ -719,11 +813,14 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       plans.push(await planImage(repo, index, 'memory', options.memory, parent?.manifest.memory ?? null, `parent point ${parent?.id} memory`));
     }
 
+    trace('images planned');
     const bytesTotal = plans.reduce((a, p) => a + bytesToRead(p), 0);
     if (bytesTotal <= LOCAL_LANE_MAX_BYTES && lanes > workers.size) workers.addLocalLane();
     else workers.grow(lanes);
     trace(`planned (${workers.size} lanes)`);
     run = new BackupRun(repo, index, options, workers);
+    const packing = run;
+    void preparedBodies.then((bodies) => bodies && packing.addSpareBodies(bodies));
     run.bytesTotal = bytesTotal;
     for (const p of plans) {
       // Extents taken from the parent count as reused (or zero).
@@ -742,9 +839,17 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
 
     const images: ImageEntry[] = [];
     const parentMaps = new Map<string, ExtentMap>();
+    const changedCells: BackupResult['changedCells'] = [];
     for (const p of plans) {
-      p.map = assembleMap(p, repo.chunkSize);
-      if (p.parentMap && p.parentImage) parentMaps.set(imageMapKey(p.parentImage), p.parentMap);
+      p.map = p.assembler!.finish();
+      p.assembler = null;
+      trace(`${p.label}: map assembled (${p.map.count} extents)`);
+      if (p.parentMap && p.parentImage) {
+        parentMaps.set(imageMapKey(p.parentImage), p.parentMap);
+        changedCells.push({ parentKey: imageMapKey(p.parentImage), cells: cellsNotCopied(p) });
+      } else {
+        changedCells.push(null);
+      }
       p.parentMap = null;
       const pages: string[] = [];
       for (const page of encodeMapPages(p.map, MAP_PAGE_CELLS)) pages.push(await run.addMeta(page, BlobType.MapPage));
@@ -803,14 +908,19 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       maps: plans.map((p) => p.map!),
       index,
       parentMaps,
+      parentManifest: parent?.manifest ?? null,
+      changedCells,
     };
   } catch (err) {
     if (err instanceof PointNotFoundError) throw new InputError(`parent ${err.message}`);
     throw err;
   } finally {
-    await run?.close();
-    await workers.close();
-    await Promise.all(plans.map((p) => p.file.close().catch(() => undefined)));
-    await lease?.release().catch(() => undefined);
+    // Side by side: stopping the workers, closing the images, and releasing the lease once no upload is
+    // in flight any more (after a success there is none: the manifest is written).
+    await Promise.all([
+      workers.close(),
+      ...plans.map((p) => p.file.close().catch(() => undefined)),
+      (run?.settled() ?? Promise.resolve()).then(() => lease?.release().catch(() => undefined)),
+    ]);
   }
 }

@@ -2,6 +2,8 @@
 // of the stored bytes. Decoding checks every layer and says which one failed.
 
 import zlib from 'node:zlib';
+import { compressSync as lz4CompressSync, uncompressSync as lz4UncompressSync } from 'lz4-napi';
+import type { CompressionSetting } from './config.js';
 import {
   BlobType,
   CHUNK_ID_BYTES,
@@ -9,6 +11,7 @@ import {
   Compression,
   ENTROPY_SAMPLES,
   INCOMPRESSIBLE_BITS,
+  LZ4_SIZE_PREFIX_BYTES,
   MIN_ENTROPY_SAMPLES,
 } from './constants.js';
 import { AuthenticationError, type Sealer } from './crypto.js';
@@ -55,8 +58,8 @@ const SAMPLE_LOG = Float64Array.from({ length: ENTROPY_SAMPLES + 1 }, (_, n) => 
 /**
  * Whether a chunk's bytes look random (encrypted or already compressed data): the order-0 entropy of
  * up to ENTROPY_SAMPLES evenly spaced bytes, corrected for the sample's size, is at least
- * INCOMPRESSIBLE_BITS per byte. Such data cannot lose the 1/8 that compression must save, so brotli is
- * not even tried (it costs more than the estimate, on every chunk of random data).
+ * INCOMPRESSIBLE_BITS per byte. Such data cannot lose the 1/8 that compression must save, so neither
+ * brotli nor lz4 is tried (it costs more than the estimate, on every chunk of random data).
  */
 export function looksIncompressible(plain: Uint8Array): boolean {
   if (plain.length < MIN_ENTROPY_SAMPLES) return false;
@@ -70,24 +73,73 @@ export function looksIncompressible(plain: Uint8Array): boolean {
   return bits >= INCOMPRESSIBLE_BITS;
 }
 
-export function compress(plain: Uint8Array, quality: number | null): { data: Uint8Array; compression: Compression } {
-  if (quality === null || plain.length < 64 || looksIncompressible(plain)) return { data: plain, compression: Compression.None };
-  const packed = zlib.brotliCompressSync(plain, {
-    params: {
-      [zlib.constants.BROTLI_PARAM_QUALITY]: quality,
-      [zlib.constants.BROTLI_PARAM_SIZE_HINT]: plain.length,
-      [zlib.constants.BROTLI_PARAM_LGWIN]: Math.max(16, Math.min(24, Math.ceil(Math.log2(plain.length)))),
-    },
-  });
-  if (packed.length <= plain.length - Math.floor(plain.length / COMPRESSION_MIN_SAVING_DIVISOR)) {
-    return { data: packed, compression: Compression.Brotli };
+const KNOWN_COMPRESSION = new Set<number>([Compression.None, Compression.Brotli, Compression.Lz4]);
+
+function asBuffer(b: Uint8Array): Buffer {
+  return Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.length);
+}
+
+/**
+ * Compresses a new blob with the writers' setting (a number: brotli at that quality; 'lz4'; null: none)
+ * and keeps the result only when it saves at least 1/COMPRESSION_MIN_SAVING_DIVISOR of the bytes, the
+ * LZ4 size prefix included.
+ */
+export function compress(plain: Uint8Array, setting: CompressionSetting): { data: Uint8Array; compression: Compression } {
+  if (setting === null || plain.length < 64 || looksIncompressible(plain)) return { data: plain, compression: Compression.None };
+  let packed: Buffer;
+  let compression: Compression;
+  if (setting === 'lz4') {
+    // lz4-napi's compressSync is lz4_flex's compress_prepend_size: u32 LE length, then one LZ4 block.
+    packed = lz4CompressSync(asBuffer(plain));
+    compression = Compression.Lz4;
+  } else {
+    packed = zlib.brotliCompressSync(plain, {
+      params: {
+        [zlib.constants.BROTLI_PARAM_QUALITY]: setting,
+        [zlib.constants.BROTLI_PARAM_SIZE_HINT]: plain.length,
+        [zlib.constants.BROTLI_PARAM_LGWIN]: Math.max(16, Math.min(24, Math.ceil(Math.log2(plain.length)))),
+      },
+    });
+    compression = Compression.Brotli;
   }
+  if (packed.length <= plain.length - Math.floor(plain.length / COMPRESSION_MIN_SAVING_DIVISOR)) return { data: packed, compression };
   return { data: plain, compression: Compression.None };
 }
 
+/** Decompresses the data of a blob with compression `compression` that the index says is rawLength bytes. */
+export function decompress(data: Buffer, compression: number, rawLength: number, bounded: boolean): Buffer {
+  if (compression === Compression.None) return data;
+  if (compression === Compression.Brotli) {
+    try {
+      // Sealed blobs are authenticated, so their size is trusted; a bound (which halves brotli's speed)
+      // guards only unencrypted repositories against a forged blob that expands without limit.
+      return bounded ? zlib.brotliDecompressSync(data, { maxOutputLength: rawLength + 1 }) : zlib.brotliDecompressSync(data);
+    } catch {
+      throw new BlobError('decompression', 'blob does not decompress (brotli)');
+    }
+  }
+  if (compression === Compression.Lz4) {
+    // The decoder allocates what the prefix says: check it against the index before (a forged or damaged
+    // prefix must not make a reader allocate up to 4 GiB).
+    if (data.length < LZ4_SIZE_PREFIX_BYTES) throw new BlobError('decompression', 'blob is shorter than its LZ4 size prefix');
+    const declared = data.readUInt32LE(0);
+    if (declared !== rawLength) throw new BlobError('length', `blob's LZ4 size prefix says ${declared} bytes, index says ${rawLength}`);
+    try {
+      return lz4UncompressSync(data);
+    } catch {
+      throw new BlobError('decompression', 'blob does not decompress (lz4)');
+    }
+  }
+  throw unknownCompression(compression);
+}
+
+function unknownCompression(id: number): BlobError {
+  return new BlobError('decompression', `unknown compression id ${id} (this Lifeboat reads 0 none, 1 brotli, 2 lz4; a newer Lifeboat may have written it)`);
+}
+
 /** id must already be the chunk id of plain. */
-export function encodeBlob(plain: Uint8Array, id: Buffer, type: BlobType, sealer: Sealer, quality: number | null): EncodedBlob {
-  const { data, compression } = compress(plain, quality);
+export function encodeBlob(plain: Uint8Array, id: Buffer, type: BlobType, sealer: Sealer, setting: CompressionSetting): EncodedBlob {
+  const { data, compression } = compress(plain, setting);
   const stored = sealer.seal(data, blobAad(id, type, compression));
   // seal() returns a view of the input when unencrypted: copy so the caller may reuse its buffer.
   const owned = sealer.encrypted || data !== plain ? stored : Buffer.from(stored);
@@ -100,6 +152,7 @@ export function encodeBlob(plain: Uint8Array, id: Buffer, type: BlobType, sealer
  * its CRC-32 guards only against accidents.
  */
 export function decodeBlob(stored: Uint8Array, d: BlobDescriptor, sealer: Sealer, options: { checkId?: boolean } = {}): Buffer {
+  if (!KNOWN_COMPRESSION.has(d.compression)) throw unknownCompression(d.compression);
   // A sealed blob is authenticated by its GCM tag, which covers every stored byte; the CRC is then
   // computed only to tell storage damage from tampering. An unencrypted blob is checked by its CRC first.
   if (!sealer.encrypted && zlib.crc32(stored) !== d.crc32) throw new BlobError('checksum', 'stored bytes do not match their CRC-32 (damaged in storage)');
@@ -111,20 +164,7 @@ export function decodeBlob(stored: Uint8Array, d: BlobDescriptor, sealer: Sealer
     if (zlib.crc32(stored) !== d.crc32) throw new BlobError('checksum', 'stored bytes do not match their CRC-32 (damaged in storage)');
     throw new BlobError('authentication', 'blob failed authentication (damaged or tampered with)');
   }
-  let plain: Buffer;
-  if (d.compression === Compression.Brotli) {
-    try {
-      // Sealed blobs are authenticated, so their size is trusted; a bound (which halves brotli's speed)
-      // guards only unencrypted repositories against a forged blob that expands without limit.
-      plain = sealer.encrypted ? zlib.brotliDecompressSync(data) : zlib.brotliDecompressSync(data, { maxOutputLength: d.rawLength + 1 });
-    } catch {
-      throw new BlobError('decompression', 'blob does not decompress');
-    }
-  } else if (d.compression === Compression.None) {
-    plain = data;
-  } else {
-    throw new BlobError('decompression', `unknown compression ${d.compression}`);
-  }
+  const plain = decompress(data, d.compression, d.rawLength, !sealer.encrypted);
   if (plain.length !== d.rawLength) throw new BlobError('length', `blob decodes to ${plain.length} bytes, index says ${d.rawLength}`);
   if ((options.checkId !== false || !sealer.encrypted) && !sealer.chunkId(plain).equals(d.id)) {
     throw new BlobError('content hash', 'blob content does not hash to its id');

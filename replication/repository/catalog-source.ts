@@ -2,7 +2,7 @@
 // the whole repository as a RebuildSource, so that the catalog can always be rebuilt from the target.
 
 import type { RebuildSource } from '../../catalog/rebuild.js';
-import type { ChunkReference, PointChunkDelta, PointRecord, TargetRecord } from '../../catalog/records.js';
+import type { ChunkReference, ChunkUseChange, PointChunkDelta, PointRecord, TargetRecord } from '../../catalog/records.js';
 import type { ChunkIndex } from './chunk-index.js';
 import { readCondemned } from './condemned.js';
 import type { ExtentMap } from './extent-map.js';
@@ -41,6 +41,22 @@ function cellHexIds(map: ExtentMap, c: number, out: string[]): string[] {
   return out;
 }
 
+/** Where in map.records the blob ids of cell c's extents with data start, each id once, into `out`. */
+function cellIdOffsets(map: ExtentMap, c: number, out: number[]): number[] {
+  out.length = 0;
+  for (let k = map.cellFirst[c]; k < map.cellFirst[c + 1]; k++) {
+    if (map.isZero(k)) continue;
+    const at = map.idAt(k);
+    if (!out.some((b) => sameId(map.records, at, map.records, b))) out.push(at);
+  }
+  return out;
+}
+
+function sameId(a: Uint8Array, at: number, b: Uint8Array, bt: number): boolean {
+  for (let i = 0; i < CHUNK_ID_BYTES; i++) if (a[at + i] !== b[bt + i]) return false;
+  return true;
+}
+
 /** Whether cell c has the same extents in both maps (a loop in JS: most cells are one 40-byte record). */
 function sameCell(a: ExtentMap, b: ExtentMap, c: number): boolean {
   const n = (a.cellFirst[c + 1] - a.cellFirst[c]) * MAP_EXTENT.size;
@@ -67,32 +83,56 @@ function pageIds(manifest: PointManifest): string[] {
  * proportion to what it changed.
  */
 export function chunkDelta(parent: { manifest: PointManifest; maps: ExtentMap[] }, child: { manifest: PointManifest; maps: ExtentMap[] }): string[] {
+  return [...chunkUseChanges(parent, child)].map(([id]) => id);
+}
+
+/**
+ * The net change of each chunk's use count from `parent` to `child` (only chunks whose count changed).
+ * `child.changedCells[i]`, when given, lists the only cells of child image i that may differ from the
+ * parent image whose `imageMapKey` it names (a backup knows which cells it copied from its parent):
+ * only those are compared.
+ */
+export function chunkUseChanges(
+  parent: { manifest: PointManifest; maps: ExtentMap[] },
+  child: { manifest: PointManifest; maps: ExtentMap[]; changedCells?: ({ parentKey: string; cells: Uint32Array } | null)[] },
+): Map<string, number> {
   const net = new Map<string, number>();
   const count = (id: string, d: number) => net.set(id, (net.get(id) ?? 0) + d);
   const ids: string[] = [];
   const countCell = (map: ExtentMap, c: number, d: number) => {
     for (const id of cellHexIds(map, c, ids)) count(id, d);
   };
-  const parentImages = new Map(pointImages(parent.manifest).map(({ label }, i) => [label, parent.maps[i]]));
+  const wasAt: number[] = [];
+  const nowAt: number[] = [];
+  const parentImages = new Map(pointImages(parent.manifest).map(({ label, image }, i) => [label, { map: parent.maps[i], key: imageMapKey(image) }]));
   const matched = new Set<string>();
   for (const [i, { label }] of pointImages(child.manifest).entries()) {
     const map = child.maps[i];
-    const before = parentImages.get(label);
+    const { map: before, key } = parentImages.get(label) ?? { map: undefined, key: '' };
     if (before && before.size === map.size && before.chunkSize === map.chunkSize) {
       matched.add(label);
-      for (let c = 0; c < map.cells; c++) {
-        if (sameCell(map, before, c)) continue;
-        countCell(before, c, -1);
-        countCell(map, c, +1);
-      }
+      const hint = child.changedCells?.[i];
+      const cells = hint && hint.parentKey === key ? hint.cells : null;
+      const compare = (c: number) => {
+        if (sameCell(map, before, c)) return;
+        // Only the blobs named in one cell and not the other change count (a spliced cell keeps its
+        // parent's blob beside the new one): compared as bytes, formatted only when they differ.
+        const was = cellIdOffsets(before, c, wasAt);
+        const now = cellIdOffsets(map, c, nowAt);
+        for (const at of was) if (!now.some((b) => sameId(before.records, at, map.records, b))) count(before.records.toString('hex', at, at + CHUNK_ID_BYTES), -1);
+        for (const at of now) if (!was.some((b) => sameId(map.records, at, before.records, b))) count(map.records.toString('hex', at, at + CHUNK_ID_BYTES), +1);
+      };
+      if (cells) for (const c of cells) compare(c);
+      else for (let c = 0; c < map.cells; c++) compare(c);
     } else {
       for (let c = 0; c < map.cells; c++) countCell(map, c, +1);
     }
   }
-  for (const [label, map] of parentImages) if (!matched.has(label)) for (let c = 0; c < map.cells; c++) countCell(map, c, -1);
+  for (const [label, { map }] of parentImages) if (!matched.has(label)) for (let c = 0; c < map.cells; c++) countCell(map, c, -1);
   for (const id of pageIds(parent.manifest)) count(id, -1);
   for (const id of pageIds(child.manifest)) count(id, +1);
-  return [...net].filter(([, d]) => d !== 0).map(([id]) => id);
+  for (const [id, d] of net) if (d === 0) net.delete(id);
+  return net;
 }
 
 /**
@@ -213,24 +253,46 @@ export async function committedPointRecord(
   pointId: string,
   manifest: PointManifest,
   targetId: string,
-  known?: { maps: ExtentMap[]; index: ChunkIndex; parentMaps?: ReadonlyMap<string, ExtentMap> },
+  known?: {
+    maps: ExtentMap[];
+    index: ChunkIndex;
+    parentMaps?: ReadonlyMap<string, ExtentMap>;
+    /** The parent's manifest, when the backup read it (else it is read again). */
+    parentManifest?: PointManifest | null;
+    /** BackupResult.changedCells: which cells of each image the backup did not copy from the parent. */
+    changedCells?: ({ parentKey: string; cells: Uint32Array } | null)[];
+  },
 ): Promise<PointRecord> {
   const index = known?.index ?? (await catalogIndex(repo));
   const maps = known?.maps ?? (await Promise.all(pointImages(manifest).map(({ label, image }) => repo.readExtentMap(image, index, `point ${pointId} ${label}`))));
   if (manifest.parent) {
     const parentId = manifest.parent;
-    let changed: string[] | undefined;
+    let net: Map<string, number> | undefined;
     try {
-      const parent = await repo.readManifest(parentId);
+      const parent = known?.parentManifest ?? (await repo.readManifest(parentId));
       const parentMaps = await Promise.all(
         pointImages(parent).map(({ label, image }) => known?.parentMaps?.get(imageMapKey(image)) ?? repo.readExtentMap(image, index, `point ${parentId} ${label}`)),
       );
-      changed = chunkDelta({ manifest: parent, maps: parentMaps }, { manifest, maps });
+      net = chunkUseChanges({ manifest: parent, maps: parentMaps }, { manifest, maps, changedCells: known?.changedCells });
     } catch {
       // The parent is gone or unreadable: the catalog works the delta out from its own rows.
     }
-    if (changed) {
-      const delta: PointChunkDelta = { baseId: parentId, changed, references: chunkReferencesTo(changed, pointId, manifest, maps, index) };
+    if (net) {
+      const changed = [...net.keys()];
+      const changes: ChunkUseChange[] = [];
+      for (const [id, change] of net) {
+        const loc = index.get(Buffer.from(id, 'hex'));
+        // A chunk whose count grew is one the point uses: the index holds it (reference() says so if not).
+        if (change > 0 && !loc) reference(index, Buffer.from(id, 'hex'), `point ${pointId}`);
+        changes.push(loc ? { id, change, location: { size: loc.rawLength, storedSize: loc.storedLength, pack: loc.packId } } : { id, change });
+      }
+      const delta: PointChunkDelta = { baseId: parentId, changed, changes };
+      // The references to the changed chunks, for a catalog that trusts the delta but not its counts.
+      let references: ChunkReference[] | undefined;
+      Object.defineProperty(delta, 'references', {
+        enumerable: true,
+        get: () => (references ??= chunkReferencesTo(changed, pointId, manifest, maps, index)),
+      });
       const record = recordOf(pointId, manifest, targetId, () => chunkReferences(pointId, manifest, maps, index));
       record.delta = delta;
       return record;

@@ -2,8 +2,8 @@
 // (and a hash table over them) so that a repository with millions of chunks costs tens of bytes per
 // chunk, not hundreds, and a lookup allocates nothing.
 
-import { CHUNK_ID_BYTES } from './constants.js';
-import type { PackIndexContents } from './layout.js';
+import { CHUNK_ID_BYTES, PACK_ID_BYTES } from './constants.js';
+import { FormatError, PACK_INDEX_ENTRY, PACK_INDEX_HEADER, PACK_INDEX_MAGIC, type PackIndexContents } from './layout.js';
 
 export interface BlobLocation {
   id: Buffer;
@@ -27,6 +27,36 @@ export interface PackInfo {
 
 /** Ranks for addPack: a pack that exists beats one that is condemned, which beats one that is gone. */
 export const PACK_RANK = { missing: 0, condemned: 1, present: 2 } as const;
+
+/** What a pack index's header says (PACK_INDEX_HEADER), read without decoding its entries. */
+export interface PackIndexHeader {
+  packId: Buffer;
+  packSize: number;
+  createdMs: number;
+  count: number;
+}
+
+/**
+ * The header of a pack index's plaintext, checked as decodePackIndex (layout.ts) checks the whole
+ * record: magic, version, and a length that holds exactly its entries. Throws FormatError.
+ */
+export function packIndexHeader(plain: Buffer, version: number): PackIndexHeader {
+  const H = PACK_INDEX_HEADER;
+  if (plain.length < H.size || !plain.subarray(H.magic, H.magic + 4).equals(PACK_INDEX_MAGIC)) throw new FormatError('not a pack index (bad magic)');
+  const v = plain.readUInt16LE(H.version);
+  if (v !== version) throw new FormatError(`pack index version ${v} is not supported (expected ${version})`);
+  const count = plain.readUInt32LE(H.entryCount);
+  const want = H.size + count * PACK_INDEX_ENTRY.size;
+  if (plain.length !== want) throw new FormatError(`pack index holds ${plain.length} bytes, expected ${want} for ${count} entries`);
+  return {
+    packId: Buffer.from(plain.subarray(H.packId, H.packId + PACK_ID_BYTES)),
+    packSize: Number(plain.readBigUInt64LE(H.packSize)),
+    createdMs: Number(plain.readBigUInt64LE(H.createdMs)),
+    count,
+  };
+}
+
+const u32 = (b: Uint8Array, at: number) => (b[at] | (b[at + 1] << 8) | (b[at + 2] << 16) | (b[at + 3] << 24)) >>> 0;
 
 /**
  * An open-addressing hash table over the blob slots: ids are (keyed) hashes, so their bytes are already
@@ -121,10 +151,11 @@ export class ChunkIndex {
     return a.packId > b.packId;
   }
 
-  addPack(contents: PackIndexContents, rank: number = PACK_RANK.present): void {
-    const packId = contents.packId.toString('hex');
-    if (this.packs.has(packId)) return;
-    const info: PackInfo = { packId, packSize: contents.packSize, blobCount: contents.entries.length, createdMs: contents.createdMs, rank };
+  /** Registers a pack about to be added: its number, or -1 when it is already in the index. */
+  private startPack(packIdBytes: Buffer, packSize: number, blobCount: number, createdMs: number, rank: number): { info: PackInfo; packNo: number } | null {
+    const packId = packIdBytes.toString('hex');
+    if (this.packs.has(packId)) return null;
+    const info: PackInfo = { packId, packSize, blobCount, createdMs, rank };
     this.packs.set(packId, info);
     let packNo = this.packNumbers.get(packId);
     if (packNo === undefined) {
@@ -132,24 +163,58 @@ export class ChunkIndex {
       this.packIds.push(packId);
       this.packNumbers.set(packId, packNo);
     }
-    if (this.used + contents.entries.length > this.pack.length) this.grow(this.used + contents.entries.length);
+    if (this.used + blobCount > this.pack.length) this.grow(this.used + blobCount);
+    return { info, packNo };
+  }
+
+  /** The slot for the id at id[at..at+32) of a blob in pack `info`, or -1 when a better copy is indexed. */
+  private slotFor(id: Uint8Array, at: number, info: PackInfo): number {
+    const t = this.probe(id, at);
+    let s = this.table[t];
+    if (s !== EMPTY) {
+      this.duplicates++;
+      return this.better(info, this.packs.get(this.packIds[this.pack[s]])!) ? s : -1;
+    }
+    s = this.used++;
+    this.table[t] = s;
+    this.idBytes.set(id.subarray(at, at + CHUNK_ID_BYTES), s * CHUNK_ID_BYTES);
+    return s;
+  }
+
+  addPack(contents: PackIndexContents, rank: number = PACK_RANK.present): void {
+    const started = this.startPack(contents.packId, contents.packSize, contents.entries.length, contents.createdMs, rank);
+    if (!started) return;
+    const { info, packNo } = started;
     for (const e of contents.entries) {
-      const t = this.probe(e.id, 0);
-      let s = this.table[t];
-      if (s !== EMPTY) {
-        this.duplicates++;
-        if (!this.better(info, this.packs.get(this.packIds[this.pack[s]])!)) continue;
-      } else {
-        s = this.used++;
-        this.table[t] = s;
-        this.idBytes.set(e.id, s * CHUNK_ID_BYTES);
-      }
+      const s = this.slotFor(e.id, 0, info);
+      if (s < 0) continue;
       this.pack[s] = packNo;
       this.offset[s] = e.offset;
       this.stored[s] = e.storedLength;
       this.raw[s] = e.rawLength;
       this.crc[s] = e.crc32;
       this.kind[s] = (e.type << 8) | e.compression;
+    }
+  }
+
+  /**
+   * addPack() straight from a pack index's plaintext (checked with packIndexHeader first): no object or
+   * view per entry, which is most of what loading a large index costs.
+   */
+  addPackIndex(plain: Buffer, header: PackIndexHeader, rank: number = PACK_RANK.present): void {
+    const started = this.startPack(header.packId, header.packSize, header.count, header.createdMs, rank);
+    if (!started) return;
+    const { info, packNo } = started;
+    const E = PACK_INDEX_ENTRY;
+    for (let i = 0, p = PACK_INDEX_HEADER.size; i < header.count; i++, p += E.size) {
+      const s = this.slotFor(plain, p + E.id, info);
+      if (s < 0) continue;
+      this.pack[s] = packNo;
+      this.offset[s] = u32(plain, p + E.offset);
+      this.stored[s] = u32(plain, p + E.storedLength);
+      this.raw[s] = u32(plain, p + E.rawLength);
+      this.crc[s] = u32(plain, p + E.crc32);
+      this.kind[s] = (plain[p + E.type] << 8) | plain[p + E.compression];
     }
   }
 

@@ -5,11 +5,13 @@
 // and problems cross threads. ChunkWorkers (worker-pool.ts) is the other side; it may also run the same
 // work (chunkWork) on its own thread as a local lane.
 
+import { randomFillSync } from 'node:crypto';
 import { readSync, writeSync } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
 import zlib from 'node:zlib';
 import { BlobError, blobAad, compress, decodeBlob } from './blob.js';
-import { CHUNK_ID_BYTES } from './constants.js';
+import type { CompressionSetting } from './config.js';
+import { CHUNK_ID_BYTES, GCM_NONCE_BYTES, SEAL_OVERHEAD } from './constants.js';
 import { Sealer } from './crypto.js';
 import type { WorkerData, WorkerReply, WorkerRequest } from './worker-pool.js';
 
@@ -18,6 +20,25 @@ let zeros = Buffer.alloc(1024 * 1024);
 function isZero(b: Buffer): boolean {
   if (zeros.length < b.length) zeros = Buffer.alloc(b.length);
   return b.equals(zeros.subarray(0, b.length));
+}
+
+/**
+ * Whether buf[at, at + length) is all zero. Most pieces of an incremental are data whose first bytes
+ * already differ: those are told in place, without a view per piece; the rest are compared whole.
+ */
+function isZeroAt(buf: Buffer, at: number, length: number): boolean {
+  for (let i = at, end = Math.min(at + 64, at + length); i < end; i++) if (buf[i] !== 0) return false;
+  return length <= 64 || isZero(buf.subarray(at, at + length));
+}
+
+/** `data` as a Buffer that owns its whole ArrayBuffer (so that it can be transferred), copied if need be. */
+function ownBuffer(data: Uint8Array, mustCopy = false): Buffer {
+  if (!mustCopy && data.byteOffset === 0 && data.byteLength === data.buffer.byteLength && data.buffer instanceof ArrayBuffer) {
+    return Buffer.from(data.buffer, 0, data.byteLength);
+  }
+  const copy = Buffer.allocUnsafeSlow(data.byteLength);
+  copy.set(data);
+  return copy;
 }
 
 function readFully(fd: number, buf: Buffer, at: number, length: number, position: number): void {
@@ -40,7 +61,7 @@ function writeFully(fd: number, buf: Buffer, position: number): void {
  */
 export function chunkWork(initial: WorkerData): (req: WorkerRequest) => { reply: WorkerReply; transfer: ArrayBuffer[] } {
   let sealer: Sealer;
-  let quality: number | null;
+  let quality: CompressionSetting;
 
   /** Keys and compression: from workerData, or from a 'configure' request when the pool started first. */
   const configure = (config: WorkerData): void => {
@@ -73,6 +94,11 @@ export function chunkWork(initial: WorkerData): (req: WorkerRequest) => { reply:
         configure(req.config);
         return { reply: { task: req.task, op: 'configure' }, transfer: [] };
       }
+      case 'buffers': {
+        // Touched here, so that the thread that fills them later takes no page fault per 4 KiB.
+        const buffers = Array.from({ length: req.count }, () => Buffer.allocUnsafeSlow(req.bytes).fill(0).buffer as ArrayBuffer);
+        return { reply: { task: req.task, op: 'buffers', buffers }, transfer: buffers };
+      }
       case 'read-hash': {
         const total = req.lengths.reduce((a, b) => a + b, 0);
         const buf = takeBuffer(total);
@@ -89,10 +115,9 @@ export function chunkWork(initial: WorkerData): (req: WorkerRequest) => { reply:
         let open = -1; // the chunk joinable pieces may still join
         pos = 0;
         req.lengths.forEach((len, i) => {
-          const piece = buf.subarray(pos, pos + len);
           const at = pos;
           pos += len;
-          if (isZero(piece)) {
+          if (isZeroAt(buf, at, len)) {
             pieceChunk[i] = -1;
             return;
           }
@@ -136,24 +161,38 @@ export function chunkWork(initial: WorkerData): (req: WorkerRequest) => { reply:
               : Buffer.concat(segments.map((s) => batch.buf.subarray(s.offset, s.offset + s.length)));
           return compress(plain, quality);
         });
-        const total = packed.reduce((a, b) => a + sealer.storedLength(b.data.length), 0);
-        const stored = Buffer.allocUnsafeSlow(total);
+        // Each blob goes back as its body (the AES-GCM output, a buffer of its own: handed over, not
+        // copied) and, when sealed, its nonce and tag (all nonces drawn at once, in one small buffer).
         const lengths = new Uint32Array(packed.length);
         const crc32 = new Uint32Array(packed.length);
         const compression = new Uint8Array(packed.length);
+        const bodies: ArrayBuffer[] = [];
+        const ends = sealer.encrypted ? randomFillSync(Buffer.allocUnsafeSlow(packed.length * SEAL_OVERHEAD)) : null;
         const ids = new Uint8Array(req.ids);
-        let p = 0;
         packed.forEach((b, k) => {
-          const aad = blobAad(ids.subarray(k * CHUNK_ID_BYTES, (k + 1) * CHUNK_ID_BYTES), req.type, b.compression);
-          const n = sealer.sealInto(b.data, aad, stored, p);
-          lengths[k] = n;
-          crc32[k] = zlib.crc32(stored.subarray(p, p + n));
+          let body: Buffer;
+          if (ends) {
+            const aad = blobAad(ids.subarray(k * CHUNK_ID_BYTES, (k + 1) * CHUNK_ID_BYTES), req.type, b.compression);
+            const nonce = ends.subarray(k * SEAL_OVERHEAD, k * SEAL_OVERHEAD + GCM_NONCE_BYTES);
+            const sealed = sealer.sealParts(b.data, aad, nonce);
+            sealed.tag.copy(ends, k * SEAL_OVERHEAD + GCM_NONCE_BYTES);
+            body = ownBuffer(sealed.body);
+            crc32[k] = zlib.crc32(sealed.tag, zlib.crc32(body, zlib.crc32(nonce)));
+          } else {
+            // Unsealed, the data may be a view of the batch's buffer, which is reused: copied.
+            body = ownBuffer(b.data, b.data.buffer === batch.buf.buffer);
+            crc32[k] = zlib.crc32(body);
+          }
+          lengths[k] = body.length + (ends ? SEAL_OVERHEAD : 0);
           compression[k] = b.compression;
-          p += n;
+          bodies.push(body.buffer as ArrayBuffer);
         });
-        const out = stored.buffer as ArrayBuffer;
+        const small = ends ? (ends.buffer as ArrayBuffer) : null;
         giveBuffer(batch.buf);
-        return { reply: { task: req.task, op: 'encode', stored: out, lengths, crc32, compression }, transfer: [out] };
+        return {
+          reply: { task: req.task, op: 'encode', bodies, ends: small, lengths, crc32, compression },
+          transfer: small ? [...bodies, small] : bodies,
+        };
       }
       case 'release': {
         const batch = held.get(req.batch);

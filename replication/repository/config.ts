@@ -27,7 +27,7 @@ export interface RepositoryConfig {
   createdAt: string;
   chunkSize: number;
   packSize: number;
-  /** `brotli-Q` (Q = 0..11) or `none`. */
+  /** `lz4`, `brotli-Q` (Q = 0..11) or `none`. */
   compression: string;
   encryption: EncryptionName;
   chunkIdAlgorithm: ChunkIdName;
@@ -54,11 +54,28 @@ export function checkConfigMac(c: RepositoryConfig, configKey: Buffer): boolean 
   return got.length === want.length && timingSafeEqual(got, want);
 }
 
-export function parseCompression(name: string): { algorithm: 'brotli'; quality: number } | { algorithm: 'none' } {
+export type CompressionChoice = { algorithm: 'brotli'; quality: number } | { algorithm: 'lz4' } | { algorithm: 'none' };
+
+/**
+ * What writers compress new blobs with, as chunk workers take it: a number is brotli at that quality,
+ * 'lz4' is LZ4, null is no compression.
+ */
+export type CompressionSetting = number | 'lz4' | null;
+
+export function parseCompression(name: string): CompressionChoice {
   if (name === 'none') return { algorithm: 'none' };
+  if (name === 'lz4') return { algorithm: 'lz4' };
   const m = /^brotli-(\d{1,2})$/.exec(name);
   if (m && Number(m[1]) <= 11) return { algorithm: 'brotli', quality: Number(m[1]) };
-  throw new FormatError(`unknown compression '${name}' (expected brotli-0 ... brotli-11 or none)`);
+  throw new FormatError(
+    `unknown compression '${name}' (expected lz4, brotli-0 ... brotli-11 or none; a repository that names another was written by a newer Lifeboat)`,
+  );
+}
+
+/** The writers' setting for a config's `compression` name. */
+export function compressionSetting(name: string): CompressionSetting {
+  const c = parseCompression(name);
+  return c.algorithm === 'brotli' ? c.quality : c.algorithm === 'lz4' ? 'lz4' : null;
 }
 
 function isPowerOfTwo(n: number): boolean {

@@ -63,6 +63,18 @@ export function sealInto(plain: Uint8Array, key: Buffer, aad: Uint8Array, out: B
   return p - at;
 }
 
+/**
+ * seal() as its parts, with a nonce the caller drew (a worker sealing many blobs draws all their nonces
+ * at once): the stored form is nonce || body || tag. The body is a buffer of its own (not a view).
+ */
+export function sealParts(plain: Uint8Array, key: Buffer, aad: Uint8Array, nonce: Uint8Array): { body: Buffer; tag: Buffer } {
+  const cipher = createCipheriv('aes-256-gcm', key, nonce);
+  cipher.setAAD(aad);
+  const body = cipher.update(plain);
+  const tail = cipher.final();
+  return { body: tail.length ? Buffer.concat([body, tail]) : body, tag: cipher.getAuthTag() };
+}
+
 export function open(stored: Uint8Array, key: Buffer, aad: Uint8Array): Buffer {
   if (stored.length < SEAL_OVERHEAD) throw new AuthenticationError('sealed object is shorter than its nonce and tag');
   const buf = Buffer.from(stored.buffer, stored.byteOffset, stored.length);
@@ -97,6 +109,12 @@ export class Sealer {
     if (this.keys) return sealInto(plain, this.keys.dataKey, aad, out, at);
     out.set(plain, at);
     return plain.length;
+  }
+
+  /** sealParts() with the data key (encrypted repositories only). */
+  sealParts(plain: Uint8Array, aad: Uint8Array, nonce: Uint8Array): { body: Buffer; tag: Buffer } {
+    if (!this.keys) throw new Error('internal: sealParts on an unencrypted repository');
+    return sealParts(plain, this.keys.dataKey, aad, nonce);
   }
 
   storedLength(plainLength: number): number {

@@ -8,7 +8,7 @@
 // reading pages and writing them back costs one copy, not one per extent; offsets, lengths and image
 // positions are kept beside them in typed arrays.
 
-import { CHUNK_ID_BYTES, ZERO_CHUNK_ID } from './constants.js';
+import { CHUNK_ID_BYTES } from './constants.js';
 import { FormatError, MAP_EXTENT } from './layout.js';
 
 const E = MAP_EXTENT;
@@ -22,7 +22,15 @@ export function cellCount(image: ExtentMapShape): number {
   return Math.ceil(image.size / image.chunkSize);
 }
 
-function zeroAt(records: Buffer, at: number): boolean {
+/** Typed arrays read this host's byte order; the records are little-endian. */
+const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
+
+/** The 32-byte id starting at word w is all zero. */
+function isZeroWords(words: Uint32Array, w: number): boolean {
+  return (words[w] | words[w + 1] | words[w + 2] | words[w + 3] | words[w + 4] | words[w + 5] | words[w + 6] | words[w + 7]) === 0;
+}
+
+function zeroAt(records: Uint8Array, at: number): boolean {
   for (let i = 0; i < CHUNK_ID_BYTES; i++) if (records[at + i] !== 0) return false;
   return true;
 }
@@ -40,6 +48,8 @@ export class ExtentMap {
     readonly positions: Float64Array,
     /** Extents of cell c are [cellFirst[c], cellFirst[c + 1]). */
     readonly cellFirst: Uint32Array,
+    /** 1 for an extent of zeros (the zero id), else 0: tested once, when the map is built or read. */
+    readonly zeros: Uint8Array,
   ) {}
 
   get count(): number {
@@ -61,16 +71,18 @@ export class ExtentMap {
   }
 
   isZero(k: number): boolean {
-    return zeroAt(this.records, k * E.size + E.id);
+    return this.zeros[k] === 1;
   }
 
   /** Counts for the manifest: extents with data and their bytes, and extents of zeros. */
   stats(): { extents: number; dataExtents: number; zeroExtents: number; dataBytes: number } {
     let zeroExtents = 0;
     let dataBytes = 0;
-    for (let k = 0; k < this.count; k++) {
-      if (this.isZero(k)) zeroExtents++;
-      else dataBytes += this.lengths[k];
+    const zeros = this.zeros;
+    const lengths = this.lengths;
+    for (let k = 0, n = this.count; k < n; k++) {
+      if (zeros[k] === 1) zeroExtents++;
+      else dataBytes += lengths[k];
     }
     return { extents: this.count, dataExtents: this.count - zeroExtents, zeroExtents, dataBytes };
   }
@@ -98,6 +110,7 @@ export class ExtentMapBuilder {
   private offsets: Uint32Array;
   private lengths: Uint32Array;
   private positions: Float64Array;
+  private zeros: Uint8Array;
   private readonly cellFirst: Uint32Array;
   private n = 0;
   private cell = 0;
@@ -117,6 +130,7 @@ export class ExtentMapBuilder {
     this.offsets = new Uint32Array(capacity);
     this.lengths = new Uint32Array(capacity);
     this.positions = new Float64Array(capacity);
+    this.zeros = new Uint8Array(capacity);
   }
 
   /** The image offset the next extent starts at. */
@@ -139,6 +153,9 @@ export class ExtentMapBuilder {
     const p = new Float64Array(cap);
     p.set(this.positions.subarray(0, this.n));
     this.positions = p;
+    const z = new Uint8Array(cap);
+    z.set(this.zeros.subarray(0, this.n));
+    this.zeros = z;
   }
 
   private cellEnd(): number {
@@ -147,7 +164,12 @@ export class ExtentMapBuilder {
 
   /** Throws FormatError when the extent is not well formed or crosses a cell boundary. */
   add(id: Uint8Array | null, offset: number, length: number): void {
-    const zero = id === null || ZERO_CHUNK_ID.equals(id);
+    this.addAt(id, 0, offset, length);
+  }
+
+  /** add() of the id at idBytes[idAt, idAt + 32) (null: zeros), without a view of it. */
+  addAt(idBytes: Uint8Array | null, idAt: number, offset: number, length: number): void {
+    const zero = idBytes === null || zeroAt(idBytes, idAt);
     if (!(length > 0) || !Number.isInteger(length)) throw new FormatError(`the extent at image offset ${this.pos} has length ${length}`);
     if (zero && offset !== 0) throw new FormatError(`the zero extent at image offset ${this.pos} has blob offset ${offset}`);
     if (this.cell >= this.cells) throw new FormatError(`an extent at image offset ${this.pos} lies beyond the image's ${this.size} bytes`);
@@ -155,14 +177,14 @@ export class ExtentMapBuilder {
     if (this.pos + length > cellEnd) {
       throw new FormatError(`the extent at image offset ${this.pos} (${length} bytes) crosses the chunk-grid boundary at ${cellEnd}`);
     }
+    const records = this.records;
     const prev = this.n - 1;
     if (this.merge && this.n > this.cellFirst[this.cell]) {
-      const at = prev * E.size + E.id;
-      const prevZero = zeroAt(this.records, at);
-      const same = zero ? prevZero : !prevZero && this.offsets[prev] + this.lengths[prev] === offset && this.records.compare(id!, 0, CHUNK_ID_BYTES, at, at + CHUNK_ID_BYTES) === 0;
+      const prevZero = this.zeros[prev] === 1;
+      const same = zero ? prevZero : !prevZero && this.offsets[prev] + this.lengths[prev] === offset && sameId(records, prev * E.size + E.id, idBytes!, idAt);
       if (same) {
         this.lengths[prev] += length;
-        this.records.writeUInt32LE(this.lengths[prev], prev * E.size + E.length);
+        writeU32(records, prev * E.size + E.length, this.lengths[prev]);
         this.advance(length, cellEnd);
         return;
       }
@@ -170,12 +192,13 @@ export class ExtentMapBuilder {
     this.reserve(1);
     const at = this.n * E.size;
     if (zero) this.records.fill(0, at + E.id, at + E.id + CHUNK_ID_BYTES);
-    else for (let i = 0; i < CHUNK_ID_BYTES; i++) this.records[at + E.id + i] = id![i];
-    this.records.writeUInt32LE(offset, at + E.offset);
-    this.records.writeUInt32LE(length, at + E.length);
+    else for (let i = 0; i < CHUNK_ID_BYTES; i++) this.records[at + E.id + i] = idBytes![idAt + i];
+    writeU32(this.records, at + E.offset, offset);
+    writeU32(this.records, at + E.length, length);
     this.offsets[this.n] = offset;
     this.lengths[this.n] = length;
     this.positions[this.n] = this.pos;
+    this.zeros[this.n] = zero ? 1 : 0;
     this.n++;
     this.advance(length, cellEnd);
   }
@@ -193,6 +216,7 @@ export class ExtentMapBuilder {
     this.records.set(map.records.subarray(from * E.size, to * E.size), this.n * E.size);
     this.offsets.set(map.offsets.subarray(from, to), this.n);
     this.lengths.set(map.lengths.subarray(from, to), this.n);
+    this.zeros.set(map.zeros.subarray(from, to), this.n);
     const shift = this.n - from;
     for (let k = from; k < to; k++) this.positions[k + shift] = map.positions[k];
     for (let c = fromCell + 1; c <= toCell; c++) this.cellFirst[c] = map.cellFirst[c] + shift;
@@ -219,8 +243,21 @@ export class ExtentMapBuilder {
       this.lengths.subarray(0, this.n),
       this.positions.subarray(0, this.n),
       this.cellFirst,
+      this.zeros.subarray(0, this.n),
     );
   }
+}
+
+function sameId(a: Uint8Array, at: number, b: Uint8Array, bt: number): boolean {
+  for (let i = 0; i < CHUNK_ID_BYTES; i++) if (a[at + i] !== b[bt + i]) return false;
+  return true;
+}
+
+function writeU32(b: Uint8Array, at: number, v: number): void {
+  b[at] = v;
+  b[at + 1] = v >>> 8;
+  b[at + 2] = v >>> 16;
+  b[at + 3] = v >>> 24;
 }
 
 /** The map pages of an image: page p holds the extents of cells [p * pageCells, (p + 1) * pageCells). */
@@ -243,26 +280,36 @@ export function decodeExtentMap(pages: Buffer[], image: ExtentMapShape, pageCell
   const offsets = new Uint32Array(count);
   const lengths = new Uint32Array(count);
   const positions = new Float64Array(count);
+  const zeros = new Uint8Array(count);
   const cellFirst = new Uint32Array(cells + 1);
+  // The records are read from their copy, word by word: a map has tens of thousands of extents and is
+  // read once per command, mostly before the JIT has optimised anything (no closure, no call per field).
+  const words = LITTLE_ENDIAN && records.byteOffset % 4 === 0 ? new Uint32Array(records.buffer, records.byteOffset, total >>> 2) : null;
+  const u32 = (at: number) => (words ? words[at >>> 2] : records.readUInt32LE(at));
+  const W = E.size >>> 2;
   let k = 0;
   let pos = 0;
   let cell = 0;
   let cellEnd = Math.min(image.size, image.chunkSize);
-  pages.forEach((page, i) => {
+  for (let i = 0; i < pages.length; i++) {
+    const page = pages[i];
     if (page.length % E.size !== 0) throw new FormatError(`map page ${i} holds ${page.length} bytes, not a whole number of ${E.size}-byte extents`);
     page.copy(records, k * E.size);
-    // The message is built only for a bad extent (a map has tens of thousands of good ones).
-    const bad = (problem: string): never => {
-      throw new FormatError(`map page ${i}: the extent at image offset ${pos} ${problem}`);
-    };
     const end = Math.min(image.size, Math.min(cells, (i + 1) * pageCells) * image.chunkSize);
-    for (let p = 0; p < page.length; p += E.size, k++) {
-      const offset = page.readUInt32LE(p + E.offset);
-      const length = page.readUInt32LE(p + E.length);
-      if (length === 0) bad('is empty');
-      if (pos + length > end) bad(`runs past the page's last byte (${end})`);
-      if (pos + length > cellEnd) bad(`(${length} bytes) crosses the chunk-grid boundary at ${cellEnd}`);
-      if (offset !== 0 && zeroAt(page, p + E.id)) bad(`is zeros but has blob offset ${offset}`);
+    const last = k + page.length / E.size;
+    let problem: string | null = null;
+    for (; k < last; k++) {
+      const at = k * E.size;
+      const offset = u32(at + E.offset);
+      const length = u32(at + E.length);
+      if (length === 0) problem = 'is empty';
+      else if (pos + length > end) problem = `runs past the page's last byte (${end})`;
+      else if (pos + length > cellEnd) problem = `(${length} bytes) crosses the chunk-grid boundary at ${cellEnd}`;
+      else if (words ? isZeroWords(words, k * W + (E.id >>> 2)) : zeroAt(records, at + E.id)) {
+        if (offset !== 0) problem = `is zeros but has blob offset ${offset}`;
+        zeros[k] = 1;
+      }
+      if (problem) throw new FormatError(`map page ${i}: the extent at image offset ${pos} ${problem}`);
       offsets[k] = offset;
       lengths[k] = length;
       positions[k] = pos;
@@ -274,7 +321,7 @@ export function decodeExtentMap(pages: Buffer[], image: ExtentMapShape, pageCell
       }
     }
     if (pos !== end) throw new FormatError(`map page ${i} covers the image up to ${pos}, not up to ${end}`);
-  });
+  }
   if (pos !== image.size) throw new FormatError(`the extents cover ${pos} bytes of an image of ${image.size}`);
-  return new ExtentMap(image.size, image.chunkSize, records, offsets, lengths, positions, cellFirst);
+  return new ExtentMap(image.size, image.chunkSize, records, offsets, lengths, positions, cellFirst, zeros);
 }

@@ -67,6 +67,21 @@ export class PackBuilder {
     this.bytes += blob.stored.length;
   }
 
+  /** add() for a blob whose stored form is the concatenation of `parts` (laid out back to back). */
+  addParts(blob: Omit<EncodedBlob, 'stored'>, parts: Buffer[], storedLength: number): void {
+    this.entries.push({
+      id: blob.id,
+      offset: this.bytes,
+      storedLength,
+      rawLength: blob.rawLength,
+      crc32: blob.crc32,
+      type: blob.type,
+      compression: blob.compression,
+    });
+    for (const p of parts) this.blobs.push(p);
+    this.bytes += storedLength;
+  }
+
   /** Bytes the finished pack will take (its blobs, sealed index and trailer). */
   finishedSize(sealer: Sealer): number {
     return this.bytes + PACK_INDEX_HEADER.size + this.entries.length * PACK_INDEX_ENTRY.size + (sealer.encrypted ? SEAL_OVERHEAD : 0) + PACK_TRAILER.size;
@@ -91,7 +106,9 @@ export class PackBuilder {
     let body: Buffer;
     if (into && into.length >= contents.packSize) {
       let p = 0;
-      for (const b of [...this.blobs, storedIndex, trailer]) p += b.copy(into, p);
+      for (const b of this.blobs) p += b.copy(into, p);
+      p += storedIndex.copy(into, p);
+      p += trailer.copy(into, p);
       body = into.subarray(0, p);
     } else {
       body = Buffer.concat([...this.blobs, storedIndex, trailer]);
@@ -104,17 +121,23 @@ export class PackBuilder {
 
 /** Opens a stored pack index (from a pack tail or an index object) and checks it belongs to packId. */
 export function openPackIndex(stored: Buffer, crc32: number, packId: Buffer, sealer: Sealer): PackIndexContents {
+  const contents = decodePackIndex(openPackIndexPlain(stored, crc32, packId, sealer), RECORD_VERSION);
+  if (!contents.packId.equals(packId)) throw new FormatError('pack index names a different pack');
+  return contents;
+}
+
+/**
+ * The plaintext of a stored pack index, its CRC-32 and seal checked (its records are not parsed: the
+ * caller checks that the header names packId).
+ */
+export function openPackIndexPlain(stored: Buffer, crc32: number, packId: Buffer, sealer: Sealer): Buffer {
   if (zlib.crc32(stored) !== crc32) throw new FormatError('pack index does not match its CRC-32 (damaged in storage)');
-  let plain: Buffer;
   try {
-    plain = sealer.open(stored, packIndexAad(packId));
+    return sealer.open(stored, packIndexAad(packId));
   } catch (err) {
     if (err instanceof AuthenticationError) throw new FormatError('pack index failed authentication (damaged, or not for this pack)');
     throw err;
   }
-  const contents = decodePackIndex(plain, RECORD_VERSION);
-  if (!contents.packId.equals(packId)) throw new FormatError('pack index names a different pack');
-  return contents;
 }
 
 /** Reads the trailer and index from the last bytes of a pack (tail must end where the pack ends). */

@@ -4,8 +4,8 @@
 import { randomBytes } from 'node:crypto';
 import { AlreadyExistsError, NotFoundError, type Target } from '../target.js';
 import { BlobError, decodeBlob, encodeBlob } from './blob.js';
-import { ChunkIndex, PACK_RANK, type BlobLocation } from './chunk-index.js';
-import { mapLimit } from './concurrency.js';
+import { ChunkIndex, PACK_RANK, packIndexHeader, type BlobLocation, type PackIndexHeader } from './chunk-index.js';
+import { Semaphore, mapLimit } from './concurrency.js';
 import {
   BlobType,
   CONFIG_KEY,
@@ -28,12 +28,14 @@ import {
 import {
   CONFIG_FORMAT,
   checkConfigMac,
+  compressionSetting,
   computeConfigMac,
   decodeConfig,
   encodeConfig,
   parseCompression,
   validateChunkSize,
   validatePackSize,
+  type CompressionSetting,
   type RepositoryConfig,
 } from './config.js';
 import { Sealer, deriveWorkingKeys, type WorkingKeys } from './crypto.js';
@@ -51,7 +53,7 @@ import { createKeyObject, decodeKeyObject, newMasterKey, unwrapKeyObject, type K
 import { FormatError, decodeIndexObject, type PackIndexContents } from './layout.js';
 import { decodeExtentMap, type ExtentMap } from './extent-map.js';
 import { decodeManifest, encodeManifest, type ImageEntry, type PointManifest } from './manifest.js';
-import { openPackIndex, type FinishedPack } from './pack.js';
+import { openPackIndex, openPackIndexPlain, type FinishedPack } from './pack.js';
 
 export interface InitOptions {
   /** null: an unencrypted repository (must be asked for explicitly). */
@@ -64,6 +66,12 @@ export interface InitOptions {
 
 export interface OpenOptions {
   secret?: KeySecret | null;
+  /**
+   * Start reading the index objects while the key is being derived (scrypt of a passphrase takes ~0.1 s
+   * on a thread of its own): for a command that loads the index right after opening (backup). Index
+   * objects never change once written; loadIndex still lists them itself and reads any it has not got.
+   */
+  prefetchIndex?: boolean;
 }
 
 export interface PointSummary {
@@ -121,6 +129,8 @@ export class Repository {
   }
 
   readonly sealer: Sealer;
+  /** Index objects read while the repository was being opened (OpenOptions.prefetchIndex), by id. */
+  private prefetched: Map<string, Promise<Buffer | null>> | null = null;
 
   get description(): string {
     return this.target.description;
@@ -134,10 +144,9 @@ export class Repository {
   get packSize(): number {
     return this.config.packSize;
   }
-  /** Brotli quality, or null when compression is off. */
-  get compressionQuality(): number | null {
-    const c = parseCompression(this.config.compression);
-    return c.algorithm === 'brotli' ? c.quality : null;
+  /** What writers compress new blobs with: a brotli quality, 'lz4', or null when compression is off. */
+  get compressionQuality(): CompressionSetting {
+    return compressionSetting(this.config.compression);
   }
 
   // -------------------------------------------------------------------------------------------------
@@ -210,13 +219,18 @@ export class Repository {
       if (err instanceof FormatError) throw new NotARepositoryError(`${target.description}: ${err.message}`);
       throw err;
     }
+    const prefetched = options.prefetchIndex ? prefetchIndexObjects(target) : null;
+    const opened = (repo: Repository) => {
+      repo.prefetched = prefetched;
+      return repo;
+    };
     const keyIds: string[] = [];
     for await (const o of target.list(KEYS_PREFIX)) keyIds.push(o.key);
     if (config.encryption === 'none') {
       if (keyIds.length) {
         throw new CorruptDataError(`${target.description}: the config says the repository is unencrypted but it holds key objects; the config has been tampered with`);
       }
-      return new Repository(target, config, null, null);
+      return opened(new Repository(target, config, null, null));
     }
     const secret = options.secret;
     if (!secret) {
@@ -243,7 +257,7 @@ export class Repository {
       if (!checkConfigMac(config, keys.configKey)) {
         throw new CorruptDataError(`${target.description}: the config object failed authentication (damaged or tampered with)`);
       }
-      return new Repository(target, config, keys, master);
+      return opened(new Repository(target, config, keys, master));
     }
     if (keyIds.length === 0) throw new CorruptDataError(`${target.description}: the repository is encrypted but holds no key objects (keys/ is missing)`);
     throw new WrongKeyError(
@@ -327,15 +341,43 @@ export class Repository {
     const index = new ChunkIndex();
     const [ids, present] = await Promise.all([this.listIndexIds(), options.present]);
     await mapLimit(ids, LOAD_CONCURRENCY, async (id) => {
-      for (const contents of await this.readIndexObject(id)) {
-        const packId = contents.packId.toString('hex');
+      for (const { header, plain } of await this.readPackIndexes(id)) {
+        const packId = header.packId.toString('hex');
         if (options.exclude?.has(packId)) continue;
-        const here = !present || present.get(packId) === contents.packSize;
+        const here = !present || present.get(packId) === header.packSize;
         if (!here && options.onlyPresent) continue;
-        index.addPack(contents, !here ? PACK_RANK.missing : options.avoid?.has(packId) ? PACK_RANK.condemned : PACK_RANK.present);
+        index.addPackIndex(plain, header, !here ? PACK_RANK.missing : options.avoid?.has(packId) ? PACK_RANK.condemned : PACK_RANK.present);
       }
     });
+    this.prefetched = null;
     return index;
+  }
+
+  /**
+   * readIndexObject() without decoding each entry: the pack indexes' checked plaintexts and headers
+   * (for ChunkIndex.addPackIndex). Uses the object prefetched while opening, if there is one.
+   */
+  private async readPackIndexes(indexId: string): Promise<{ header: PackIndexHeader; plain: Buffer }[]> {
+    const early = this.prefetched?.get(indexId);
+    this.prefetched?.delete(indexId);
+    let buf = early ? await early : null;
+    try {
+      buf ??= await this.target.get(indexKey(indexId));
+    } catch (err) {
+      if (err instanceof NotFoundError) throw new MissingObjectError(`index object ${indexKey(indexId)} is missing`);
+      throw err;
+    }
+    try {
+      return decodeIndexObject(buf, RECORD_VERSION).map((r) => {
+        const plain = openPackIndexPlain(r.stored, r.crc32, r.packId, this.sealer);
+        const header = packIndexHeader(plain, RECORD_VERSION);
+        if (!header.packId.equals(r.packId)) throw new FormatError('pack index names a different pack');
+        return { header, plain };
+      });
+    } catch (err) {
+      if (err instanceof FormatError) throw new CorruptDataError(`index object ${indexKey(indexId)} is damaged: ${err.message}`);
+      throw err;
+    }
   }
 
   /** Writes a pack, then its index object: a pack's chunks are reusable only once both are durable. */
@@ -485,6 +527,22 @@ export class Repository {
     }
     return map;
   }
+}
+
+/**
+ * Starts reading every index object (at most LOAD_CONCURRENCY at once); a failed read is null (the
+ * loader reads that object again and reports what is wrong).
+ */
+function prefetchIndexObjects(target: Target): Map<string, Promise<Buffer | null>> {
+  const objects = new Map<string, Promise<Buffer | null>>();
+  const limit = new Semaphore(LOAD_CONCURRENCY);
+  void (async () => {
+    for await (const o of target.list(INDEX_PREFIX)) {
+      const id = o.key.slice(INDEX_PREFIX.length);
+      if (HEX_ID_PATTERN.test(id)) objects.set(id, limit.run(() => target.get(o.key)).catch(() => null));
+    }
+  })().catch(() => undefined);
+  return objects;
 }
 
 /** The same kind of repository error with a context prefix (point, disk, offset...). */

@@ -54,6 +54,28 @@ function withDelta(p: PointRecord, parent: PointRecord): PointRecord {
   return { ...p, parentId: parent.id, delta: { baseId: parent.id, changed } };
 }
 
+/**
+ * withDelta with the count of each changed chunk's change, as `lifeboat backup` passes it; the point's
+ * chunk list is left out (reading it throws) unless `keepChunks`.
+ */
+function withChanges(p: PointRecord, parent: PointRecord, keepChunks = false): PointRecord {
+  const d = withDelta(p, parent);
+  const count = (r: PointRecord, id: string) => r.chunks.filter((c) => c.id === id).length;
+  const changes = d.delta!.changed.map((id) => {
+    const ref = p.chunks.find((c) => c.id === id);
+    return { id, change: count(p, id) - count(parent, id), ...(ref ? { location: { size: ref.size, storedSize: ref.storedSize, pack: ref.pack } } : {}) };
+  });
+  const out: PointRecord = { ...d, delta: { ...d.delta!, changes } };
+  if (!keepChunks) {
+    Object.defineProperty(out, 'chunks', {
+      get() {
+        throw new Error('the chunk list was read');
+      },
+    });
+  }
+  return out;
+}
+
 function sourceOf(points: PointRecord[], chunks?: ChunkReference[]): RebuildSource {
   return {
     target: TARGET,
@@ -158,6 +180,38 @@ describe('catalog', () => {
     assert.equal(c.getChunk(TARGET.id, chunk(7).id)?.refcount, 1, 'a chunk the incremental dropped is still used by the full point');
     assert.equal(c.getChunk(TARGET.id, chunk(8).id)?.refcount, 2);
     assert.equal(c.getChunk(TARGET.id, chunk(5007).id)?.refcount, 1);
+  });
+
+  it('an incremental that says by how much each changed chunk\'s count changed is recorded without its chunk list', async () => {
+    const c = openHere();
+    c.upsertTarget(TARGET);
+    const p1 = point('p1', '2025-01-01T00:00:00.000Z', [1, 2, 3, 4, 4, 5]);
+    // Chunk 4 used once instead of twice, 5 dropped, 6 new and used twice.
+    const p2 = point('p2', '2025-01-02T00:00:00.000Z', [1, 2, 3, 4, 6, 6], 'p1');
+    c.recordPoint(p1);
+    c.recordPoint(withChanges(p2, p1));
+    const uses = (id: string) => c.pointChunks(id).map((r) => `${r.chunkId}x${r.uses}`);
+    assert.deepEqual(uses('p2'), ['c0001x1', 'c0002x1', 'c0003x1', 'c0004x1', 'c0006x2']);
+    assert.deepEqual(uses('p1'), ['c0001x1', 'c0002x1', 'c0003x1', 'c0004x2', 'c0005x1']);
+    assert.equal(c.getChunk(TARGET.id, chunk(6).id)?.storedSize, chunk(6).storedSize, 'a new chunk is recorded with its location');
+    const rebuilt = openHere('rebuilt.db');
+    await rebuildCatalog(rebuilt, sourceOf([p1, p2]));
+    assert.deepEqual(compareCatalogs(c, rebuilt), []);
+  });
+
+  it('count changes that do not fit the lineage (a count below zero) make the catalog diff the point in full', async () => {
+    const c = openHere();
+    c.upsertTarget(TARGET);
+    const p1 = point('p1', '2025-01-01T00:00:00.000Z', [1, 2, 3]);
+    const p2 = point('p2', '2025-01-02T00:00:00.000Z', [1, 2, 7], 'p1');
+    c.recordPoint(p1);
+    const wrong = withChanges(p2, p1, true);
+    wrong.delta!.changes = wrong.delta!.changes!.map((ch) => (ch.id === chunk(3).id ? { ...ch, change: -2 } : ch));
+    c.recordPoint(wrong);
+    assert.deepEqual(c.pointChunks('p2').map((r) => r.chunkId), ['c0001', 'c0002', 'c0007']);
+    const rebuilt = openHere('rebuilt.db');
+    await rebuildCatalog(rebuilt, sourceOf([p1, p2]));
+    assert.deepEqual(compareCatalogs(c, rebuilt), []);
   });
 
   it('a delta against a point that is not the newest of its lineage is not trusted: the point is diffed in full', async () => {

@@ -7,7 +7,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { compareCatalogs, openCatalog, rebuildCatalog, type Catalog, type TargetRecord } from '../../catalog/index.js';
-import type { ChunkReference } from '../../catalog/records.js';
+import type { ChunkReference, PointRecord } from '../../catalog/records.js';
 import { backup, type BackupResult } from '../../replication/repository/backup.js';
 import { catalogIndex, committedPointRecord, repositoryRebuildSource } from '../../replication/repository/catalog-source.js';
 import { changeBitmapFromRanges } from '../../replication/repository/change-bitmap.js';
@@ -48,6 +48,7 @@ describe('catalog: recording backups as they run', function () {
     ]);
     const records: { delta: boolean; changed: number; chunks: number }[] = [];
     let n = 0;
+    let previous: PointRecord | null = null;
     const run = async (changes: number[] | null): Promise<BackupResult> => {
       n++;
       const bitmap = {
@@ -57,15 +58,30 @@ describe('catalog: recording backups as they run', function () {
         changedOnly: false,
       };
       const point = await backup(repo, { vm: { name: 'web', id: 'vm-web' }, disks: [{ name: 'vda', path: disk, bitmap }] });
-      const record = await committedPointRecord(repo, point.pointId, point.manifest, targetRecord.id, { maps: point.maps, index: point.index });
+      // As `lifeboat backup` builds it: from what the backup holds, the cells it did not copy included.
+      const record = await committedPointRecord(repo, point.pointId, point.manifest, targetRecord.id, {
+        maps: point.maps,
+        index: point.index,
+        parentMaps: point.parentMaps,
+        parentManifest: point.parentManifest,
+        changedCells: point.changedCells,
+      });
       if (record.delta) {
-        // The catalog counts the delta's own references instead of the full list: they must agree.
+        // The same delta as one worked out by comparing every cell of the maps read back.
+        const compared = await committedPointRecord(repo, point.pointId, point.manifest, targetRecord.id);
+        assert.deepEqual([...record.delta.changed].sort(), [...compared.delta!.changed].sort());
+        assert.deepEqual(record.delta.changes, compared.delta!.changes);
+        // The catalog counts the delta's own references or changes instead of the full list: they must agree.
         const changed = new Set(record.delta.changed);
         const counts = (refs: ChunkReference[]) => [...refs.filter((r) => changed.has(r.id)).reduce((m, r) => m.set(r.id, (m.get(r.id) ?? 0) + 1), new Map<string, number>())].sort();
         const references = record.delta!.references;
         assert.ok(references, 'an incremental record carries its references to the changed chunks');
         assert.deepEqual(counts(references), counts(record.chunks));
+        const parentCounts = new Map(counts(previous!.chunks));
+        const changes = new Map(record.delta.changes!.map((ch) => [ch.id, ch.change]));
+        for (const [id, n] of counts(record.chunks)) assert.equal(n - (parentCounts.get(id) ?? 0), changes.get(id), `chunk ${id}: count change`);
       }
+      previous = record;
       records.push({ delta: record.delta !== undefined, changed: record.delta?.changed.length ?? 0, chunks: new Set(record.chunks.map((c) => c.id)).size });
       catalog.transaction(() => catalog.recordPoint(record));
       return point;

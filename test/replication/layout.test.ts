@@ -23,6 +23,7 @@ import { Sealer, deriveWorkingKeys } from '../../replication/repository/crypto.j
 import { decodeBlob, encodeBlob, BlobError, looksIncompressible } from '../../replication/repository/blob.js';
 import { BlobType, Compression, RECORD_VERSION, SEAL_OVERHEAD } from '../../replication/repository/constants.js';
 import { PackBuilder, parsePackTail } from '../../replication/repository/pack.js';
+import { ChunkIndex, packIndexHeader } from '../../replication/repository/chunk-index.js';
 import { ExtentMapBuilder, decodeExtentMap, encodeMapPages } from '../../replication/repository/extent-map.js';
 import { crc32 } from 'node:zlib';
 import { seededBytes, compressibleBytes } from './images.js';
@@ -192,6 +193,52 @@ describe('repository binary layouts', () => {
     const [record] = decodeIndexObject(pack.indexObject, RECORD_VERSION);
     assert.ok(Buffer.from(record.stored).equals(storedIndex));
     assert.throws(() => parsePackTail(pack.body, seededBytes('other pack', 16), sealer), /failed authentication|names a different pack/);
+  });
+
+  it('a blob laid out from parts (nonce, body, tag) makes the same pack as the blob whole', () => {
+    const sealer = new Sealer(deriveWorkingKeys(seededBytes('m', 32), seededBytes('r', 16)));
+    const blobs = [0, 1, 2].map((i) => {
+      const plain = seededBytes(`chunk ${i}`, 3000 + i);
+      return encodeBlob(plain, sealer.chunkId(plain), BlobType.Chunk, sealer, null);
+    });
+    const whole = new PackBuilder();
+    const parts = new PackBuilder();
+    for (const b of blobs) {
+      whole.add(b);
+      const s = b.stored;
+      parts.addParts(b, [s.subarray(0, 12), s.subarray(12, s.length - 16), s.subarray(s.length - 16)], s.length);
+    }
+    Object.assign(parts, { packId: whole.packId });
+    const a = whole.finish(sealer);
+    const b = parts.finish(sealer, Buffer.alloc(a.body.length + 100));
+    assert.deepEqual(b.contents.entries, a.contents.entries);
+    const blobBytes = a.body.length - parsePackTail(a.body, a.packId, sealer).storedIndex.length - PACK_TRAILER.size;
+    assert.ok(b.body.subarray(0, blobBytes).equals(a.body.subarray(0, blobBytes)), 'the blobs lie back to back, byte for byte');
+  });
+
+  it('a pack index added straight from its bytes indexes exactly what its decoded entries do', () => {
+    const sealer = new Sealer(null);
+    const builder = new PackBuilder();
+    const ids: Buffer[] = [];
+    for (let i = 0; i < 50; i++) {
+      const plain = seededBytes(`chunk ${i}`, 100 + i);
+      ids.push(sealer.chunkId(plain));
+      builder.add(encodeBlob(plain, ids[i], i % 2 ? BlobType.Chunk : BlobType.MapPage, sealer, null));
+    }
+    const pack = builder.finish(sealer);
+    const plain = encodePackIndex(pack.contents, RECORD_VERSION);
+    const header = packIndexHeader(plain, RECORD_VERSION);
+    assert.deepEqual(header, { packId: pack.packId, packSize: pack.contents.packSize, createdMs: pack.contents.createdMs, count: 50 });
+    const fromBytes = new ChunkIndex();
+    fromBytes.addPackIndex(plain, header);
+    const fromEntries = new ChunkIndex();
+    fromEntries.addPack(decodePackIndex(plain, RECORD_VERSION));
+    for (const id of ids) assert.deepEqual(fromBytes.get(id), fromEntries.get(id));
+    assert.equal(fromBytes.size, 50);
+    // The header is checked as decodePackIndex checks the record.
+    assert.throws(() => packIndexHeader(plain.subarray(0, plain.length - 1), RECORD_VERSION), /expected \d+ for 50 entries/);
+    assert.throws(() => packIndexHeader(Buffer.concat([Buffer.from('XXXX'), plain.subarray(4)]), RECORD_VERSION), /bad magic/);
+    assert.throws(() => packIndexHeader(plain, RECORD_VERSION + 1), /version 1 is not supported/);
   });
 });
 

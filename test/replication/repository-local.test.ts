@@ -66,3 +66,31 @@ describe('repository on a local directory the user can only read', () => {
     }
   });
 });
+
+describe('opening a repository with its index read while the key is derived (backup)', () => {
+  it('indexes every pack, including one written after it was opened, and a backup reuses them all', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'lifeboat-prefetch-'));
+    try {
+      const img = join(dir, 'disk.img');
+      writeMixedImage(img);
+      const secret = { passphrase: 'pw' };
+      const repo = await Repository.init(createLocalTarget(join(dir, 'repo')), { secret, packSize: 1024 * 1024 });
+      await backup(repo, { vm: { name: 'vm' }, disks: [{ name: 'vda', path: img }] });
+      const early = await Repository.open(createLocalTarget(join(dir, 'repo')), { secret, prefetchIndex: true });
+      // Another backup (another VM's disk) writes packs after `early` read the index objects.
+      const other = join(dir, 'other.img');
+      writeMixedImage(other, 'other');
+      await backup(await Repository.open(createLocalTarget(join(dir, 'repo')), { secret }), { vm: { name: 'vm2' }, disks: [{ name: 'vdb', path: other }] });
+      const plain = await (await Repository.open(createLocalTarget(join(dir, 'repo')), { secret })).loadIndex();
+      const prefetched = await early.loadIndex();
+      assert.equal(prefetched.size, plain.size);
+      for (const id of plain.ids()) assert.deepEqual(prefetched.get(id), plain.get(id));
+      // Nothing is stored again: every chunk of both disks is already in the index it loads.
+      const again = await Repository.open(createLocalTarget(join(dir, 'repo')), { secret, prefetchIndex: true });
+      const result = await backup(again, { vm: { name: 'vm2' }, disks: [{ name: 'vdb', path: other }], parent: null });
+      assert.equal(result.chunksNew, 0, 'its chunks and its map pages are all in the index already');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

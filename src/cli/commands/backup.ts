@@ -18,12 +18,16 @@ import {
   ProgressLine,
   formatBytes,
   formatDuration,
+  openTargetFromArgs,
   parse,
   printJson,
+  readSecret,
   targetSpec,
+  userErrors,
   wholeNumber,
-  withRepository,
+  type withRepository,
 } from './repository-cli.js';
+import { Repository } from '../../../replication/repository/repository.js';
 
 const help = `Usage: lifeboat backup IMAGE [IMAGE...] --target T [--vm NAME] [--disk NAME]... [--bitmap FILE]...
                        [--parent POINT | --full] [--consistency KIND] [--memory FILE] [--json]
@@ -57,6 +61,20 @@ ${KEY_HELP}
   --workers N           threads hashing, compressing and sealing chunks (default: one per core)
 ${CATALOG_HELP}
   --json                print the result as JSON`;
+
+/**
+ * withRepository (repository-cli.ts), opened with the index objects read while the passphrase's key is
+ * derived: the backup loads the index right after.
+ */
+async function withRepositoryPrefetching<T>(values: Parameters<typeof withRepository>[0], fn: (repo: Repository) => Promise<T>): Promise<T> {
+  const secret = readSecret(values);
+  const target = await openTargetFromArgs(values);
+  try {
+    return await userErrors(async () => fn(await Repository.open(target, { secret, prefetchIndex: true })));
+  } finally {
+    await target.close().catch(() => undefined);
+  }
+}
 
 /** LIFEBOAT_TRACE=1: milestones on stderr, in ms since the process started. */
 function trace(milestone: string): void {
@@ -147,7 +165,7 @@ export const backupCommand: Command = {
     const workerPool = new ChunkWorkers(undefined, null, earlyWorkerCount(workers ?? defaultWorkerCount()));
     let result: BackupResult;
     try {
-      result = await withRepository(values, async (repo) => {
+      result = await withRepositoryPrefetching(values, async (repo) => {
         trace('repository open');
         const target = catalogTarget(spec, repo.id);
         catalog.startJob({ kind: 'backup', target, vmId: vmName });
@@ -171,9 +189,16 @@ export const backupCommand: Command = {
         // The manifest is durable: the point exists whatever happens to the catalog from here on.
         trace('point stored');
         catalog.setProgress(point.bytesRead, point.bytesRead);
+        // The point's record and the job's end go into the catalog in one transaction.
         await catalog.update(
           async () => {
-            const record = await committedPointRecord(repo, point.pointId, point.manifest, target.id, { maps: point.maps, index: point.index, parentMaps: point.parentMaps });
+            const record = await committedPointRecord(repo, point.pointId, point.manifest, target.id, {
+              maps: point.maps,
+              index: point.index,
+              parentMaps: point.parentMaps,
+              parentManifest: point.parentManifest,
+              changedCells: point.changedCells,
+            });
             trace(`catalog record built${record.delta ? ` (delta of ${record.delta.changed.length} chunks)` : ''}`);
             return record;
           },
@@ -183,22 +208,22 @@ export const backupCommand: Command = {
             for (const d of point.manifest.disks) c.upsertDisk({ vmId: point.manifest.vm.id, name: d.name, sizeBytes: d.size });
             c.recordPoint(record);
           },
+          {
+            message: `point ${point.pointId} of VM ${vmName} stored on ${target.location}: read ${formatBytes(point.bytesRead)}, added ${formatBytes(point.bytesAdded)}`,
+            details: {
+              point: point.pointId,
+              parent: point.parent,
+              bytesRead: point.bytesRead,
+              bytesAdded: point.bytesAdded,
+              chunksNew: point.chunksNew,
+              chunksReused: point.chunksReused,
+              zeroChunks: point.zeroChunks,
+              durationMs: point.durationMs,
+            },
+            vmId: point.manifest.vm.id,
+          },
         );
         trace('point recorded in the catalog');
-        catalog.succeeded({
-          message: `point ${point.pointId} of VM ${vmName} stored on ${target.location}: read ${formatBytes(point.bytesRead)}, added ${formatBytes(point.bytesAdded)}`,
-          details: {
-            point: point.pointId,
-            parent: point.parent,
-            bytesRead: point.bytesRead,
-            bytesAdded: point.bytesAdded,
-            chunksNew: point.chunksNew,
-            chunksReused: point.chunksReused,
-            zeroChunks: point.zeroChunks,
-            durationMs: point.durationMs,
-          },
-          vmId: point.manifest.vm.id,
-        });
         return point;
       }).finally(() => progress.done());
     } catch (err) {
@@ -234,6 +259,7 @@ export const backupCommand: Command = {
       );
     }
     catalog.finish(stored);
+    trace('done');
     return 0;
   },
 };

@@ -21,7 +21,7 @@ import {
 } from './repository-cli.js';
 
 const help = `Usage: lifeboat repo init --target T (--password-file FILE | --key-file FILE | --no-encryption)
-                          [--chunk-size SIZE] [--compression brotli-Q|none] [--json]
+                          [--chunk-size SIZE] [--compression lz4|brotli-Q|none] [--json]
 
 Create a repository. Encrypted repositories (AES-256-GCM, keyed chunk ids) need a passphrase
 (--password-file or LIFEBOAT_PASSWORD) or a key file; a key file that does not exist yet is created
@@ -34,7 +34,8 @@ ${KEY_HELP}
   --no-encryption       store chunks unencrypted (plain SHA-256 ids)
   --chunk-size SIZE     fixed chunk size, a power of two from 4K to 16M (default ${formatBytes(DEFAULT_CHUNK_SIZE)})
   --pack-size SIZE      pack size to aim for (default ${formatBytes(DEFAULT_PACK_SIZE)})
-  --compression C       brotli-0 ... brotli-11 or none (default ${DEFAULT_COMPRESSION})
+  --compression C       lz4 (fast restores), brotli-0 ... brotli-11 (fewer bytes, slower) or none
+                        (default ${DEFAULT_COMPRESSION})
   --json                print the result as JSON`;
 
 /** Creates a new key file with 32 random bytes (base64), refusing to overwrite anything. */

@@ -26,9 +26,10 @@ export const restoreCommand: Command = {
   help: `Usage: lifeboat restore POINT --target T --to FILE [--disk NAME | --memory [--device-state-to F]] [--force] [--json]
 
 POINT is an id, a unique prefix of 4 or more digits, or 'latest' (with --vm, the VM's latest).
-Chunks are fetched in parallel and every one is checked against its id; all-zero chunks are left as
-holes. The image is written beside FILE under a temporary name, fsynced, then renamed, so FILE is
-either the whole image or untouched. The restore is recorded in the local catalog's history.
+Chunks are fetched in parallel and every one is checked (its AES-GCM tag, which binds it to its id,
+or in an unencrypted repository its hash) and decompressed (lz4 or brotli); all-zero chunks are left
+as holes. The image is written beside FILE under a temporary name, fsynced, then renamed, so FILE is
+either the whole image or untouched; the disk writes back while the restore runs. The restore is recorded in the local catalog's history.
 
 Options:
 ${TARGET_HELP}
