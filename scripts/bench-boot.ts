@@ -9,7 +9,7 @@
 // OTHER_BUILD_DIR (e.g. a checkout of the commit before a change, built with `npm run build`), so a
 // change is judged against the build before it at the same load.
 //
-// Our VMM runs as `node <this build>/src/cli/main.js vm run ...` (what bin/lifeboat runs), QEMU with the
+// Our VMM runs as `node OPTIONS <this build>/src/cli/main.js vm run ...` (what bin/lifeboat runs, with the Node options of its first line), QEMU with the
 // flags of test/helpers/qemu.ts. NODE_EXTRA_CA_CERTS is removed from our VMM's environment unless
 // --keep-node-extra-ca-certs: Node 20 parses the whole CA bundle at start-up when it is set (40-140 ms on
 // a shared 2-core machine), a cost of the environment that QEMU does not pay; the report says when it was.
@@ -20,7 +20,7 @@
 import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { ACPI_POWER_OFF_VALUE } from '../vmm/acpi/tables.js';
@@ -36,6 +36,7 @@ import { DEFAULT_CMDLINE } from '../vmm/vm-config.js';
 import { projectRoot } from '../src/util/project-root.js';
 import { qemuArgs } from '../test/helpers/qemu.js';
 import { isBundled } from './bundle.js';
+import { lifeboatNodeOptions } from './lifeboat-node.js';
 
 const MAIN = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
 /** Whether this build's CLI was bundled by scripts/bundle.ts (npm run build) or is plain tsc output. */
@@ -211,7 +212,8 @@ async function main(): Promise<void> {
   }
   const tscKhz = probeKvmApi().tscKhz;
   const cmdline = `${DEFAULT_CMDLINE}${tscKhz ? ` lifeboat.tsc_khz=${tscKhz}` : ''}`;
-  const ours = [process.execPath, [MAIN, 'vm', 'run', '--kernel', bin, '--vcpus', String(vcpus), '--mem', String(mem), '--disk', diskOurs]] as const;
+  const vmRun = ['vm', 'run', '--kernel', bin, '--vcpus', String(vcpus), '--mem', String(mem), '--disk'];
+  const ours = [process.execPath, [...lifeboatNodeOptions(root), MAIN, ...vmRun, diskOurs]] as const;
   const oursEnv = { ...process.env };
   const droppedCaCerts = oursEnv.NODE_EXTRA_CA_CERTS !== undefined && !values['keep-node-extra-ca-certs'];
   if (droppedCaCerts) delete oursEnv.NODE_EXTRA_CA_CERTS;
@@ -221,7 +223,7 @@ async function main(): Promise<void> {
   const otherMain = values.compare === undefined ? undefined : join(values.compare, 'src', 'cli', 'main.js');
   if (otherMain !== undefined && !existsSync(otherMain)) throw new Error(`--compare: ${otherMain} does not exist (build that tree first)`);
   const diskOther = join(dir, 'other.img');
-  const other = otherMain === undefined ? undefined : ([process.execPath, [otherMain, ...ours[1].slice(1, -1), diskOther]] as const);
+  const other = otherMain === undefined ? undefined : ([process.execPath, [...lifeboatNodeOptions(dirname(resolve(values.compare!))), otherMain, ...vmRun, diskOther]] as const);
   if (other) {
     writeFileSync(diskOther, '');
     truncateSync(diskOther, Number(values['disk-mib']) * 1024 * 1024);

@@ -26,18 +26,21 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { createConnection } from 'node:net';
 import { cpus, loadavg, tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { controlRequest } from '../vmm/control-socket.js';
 import { projectRoot } from '../src/util/project-root.js';
 import { qemuArgs } from '../test/helpers/qemu.js';
 import { isBundled } from './bundle.js';
+import { lifeboatNodeOptions } from './lifeboat-node.js';
 import { VM_STATE_STEP, type PauseStep } from '../vmm/snapshot/pause-timing.js';
 
 const MAIN = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
 /** Whether this build's CLI was bundled by scripts/bundle.ts (npm run build) or is plain tsc output. */
 const BUNDLED = isBundled(MAIN);
+/** The Node options a user's `lifeboat` runs with (bin/lifeboat's first line). */
+const NODE_OPTIONS = lifeboatNodeOptions(projectRoot());
 const PROMPT = 'lifeboat> ';
 /** Our VMM's environment: NODE_EXTRA_CA_CERTS removed unless --keep-node-extra-ca-certs (set in main). */
 let keepCaCerts = false;
@@ -130,7 +133,7 @@ interface OursSample {
 
 async function ours(dir: string, mem: number, vcpus: number, dirtyPages: number): Promise<OursSample> {
   const sock = join(dir, 'vm.sock');
-  const vm = new Proc(process.execPath, [MAIN, 'vm', 'run', '--mem', String(mem), '--vcpus', String(vcpus), '--api-sock', sock], vmmEnv());
+  const vm = new Proc(process.execPath, [...NODE_OPTIONS, MAIN, 'vm', 'run', '--mem', String(mem), '--vcpus', String(vcpus), '--api-sock', sock], vmmEnv());
   try {
     await vm.until(() => vm.out.endsWith(PROMPT), 'boot');
     await op(sock, { op: 'snapshot.create', kind: 'full', out: join(dir, 'full') });
@@ -141,7 +144,7 @@ async function ours(dir: string, mem: number, vcpus: number, dirtyPages: number)
     await settle();
     // Restore: wall time from process start to the vCPUs running (the VMM's trace line), and the same
     // measured inside the VMM from the start of the restore to the resume.
-    const restored = new Proc(process.execPath, [MAIN, 'vm', 'restore', '--from', join(dir, 'full'), '--from', join(dir, 'diff')], vmmEnv({ LIFEBOAT_VMM_TRACE: '1' }));
+    const restored = new Proc(process.execPath, [...NODE_OPTIONS, MAIN, 'vm', 'restore', '--from', join(dir, 'full'), '--from', join(dir, 'diff')], vmmEnv({ LIFEBOAT_VMM_TRACE: '1' }));
     let cold: Omit<OursSample, 'warmMs' | 'warmVmmMs'>;
     try {
       const wall = await restored.until(() => /trace: run /.test(restored.err), 'restore');
@@ -179,7 +182,7 @@ async function ours(dir: string, mem: number, vcpus: number, dirtyPages: number)
 async function oursWarm(dir: string, vcpus: number, mem: number): Promise<{ warmMs: number; warmVmmMs: number }> {
   const sock = join(dir, 'standby.sock');
   // A DR site's standby knows the size of the VM it stands by for: --mem has it make that VM ahead.
-  const standby = new Proc(process.execPath, [MAIN, 'vm', 'standby', '--api-sock', sock, '--vcpus', String(vcpus), '--mem', String(mem)], vmmEnv());
+  const standby = new Proc(process.execPath, [...NODE_OPTIONS, MAIN, 'vm', 'standby', '--api-sock', sock, '--vcpus', String(vcpus), '--mem', String(mem)], vmmEnv());
   try {
     await standby.until(() => /ready on .* waiting for a restore request/.test(standby.err), 'standby ready');
     await settle();
@@ -412,7 +415,7 @@ async function qemu(dir: string, mem: number, vcpus: number, dirtyPages: number)
  */
 async function oursPauses(dir: string, mem: number, vcpus: number, dirtyPages: number, n: number, cli = MAIN): Promise<Array<{ pauseMs: number; steps: PauseStep[] }>> {
   const sock = join(dir, 'vm.sock');
-  const vm = new Proc(process.execPath, [cli, 'vm', 'run', '--mem', String(mem), '--vcpus', String(vcpus), '--api-sock', sock], vmmEnv());
+  const vm = new Proc(process.execPath, [...(cli === MAIN ? NODE_OPTIONS : lifeboatNodeOptions(resolve(dirname(cli), '..', '..', '..'))), cli, 'vm', 'run', '--mem', String(mem), '--vcpus', String(vcpus), '--api-sock', sock], vmmEnv());
   const out: Array<{ pauseMs: number; steps: PauseStep[] }> = [];
   try {
     await vm.until(() => vm.out.endsWith(PROMPT), 'boot');
@@ -485,7 +488,7 @@ async function diskBench(dir: string, tracking: boolean): Promise<Throughput> {
   const disk = join(dir, `bench-${tracking ? 'on' : 'off'}.img`);
   writeFileSync(disk, '');
   truncateSync(disk, 256 * 1024 * 1024);
-  const args = [MAIN, 'vm', 'run', '--mem', '256', '--disk', disk, '--exec', 'disk bench 0', ...(tracking ? [] : ['--no-track-changes'])];
+  const args = [...NODE_OPTIONS, MAIN, 'vm', 'run', '--mem', '256', '--disk', disk, '--exec', 'disk bench 0', ...(tracking ? [] : ['--no-track-changes'])];
   const vm = new Proc(process.execPath, args, vmmEnv());
   const code = await vm.exited;
   const m = /disk bench seq_read_mibps=\d+ seq_write_mibps=(\d+) rand_read_iops=\d+ rand_write_iops=(\d+)/.exec(vm.out);
