@@ -237,23 +237,28 @@ async function loadEsbuild(): Promise<Esbuild> {
   }
 }
 
+/** What every bundle of this script shares: Node 20 code, packages left to node_modules, kept in memory. */
+const ESBUILD_COMMON = {
+  bundle: true,
+  platform: 'node',
+  target: 'node20',
+  packages: 'external',
+  keepNames: true,
+  logLevel: 'warning',
+  write: false,
+} as const;
+
 async function bundle(esbuild: Esbuild, root: string, target: Target, koffi: KoffiNative | undefined): Promise<string> {
   const entry = join(root, target.entry);
   if (!existsSync(entry)) throw new Error(`${entry} does not exist: run tsc first`);
   if (isBundled(entry)) return `${target.entry}: already bundled (run tsc, then this script, to rebuild it)`;
   const outDir = dirname(entry);
   const result = await esbuild.build({
+    ...ESBUILD_COMMON,
     entryPoints: [entry],
-    bundle: true,
-    platform: 'node',
     format: 'esm',
-    target: 'node20',
-    packages: 'external',
-    keepNames: true,
     sourcemap: 'linked',
     banner: { js: BANNER },
-    logLevel: 'warning',
-    write: false,
     outdir: outDir,
     entryNames: '[name]',
     ...(target.chunks ? { splitting: true, chunkNames: target.chunks } : {}),
@@ -304,15 +309,9 @@ async function bundleWorkerCjs(esbuild: Esbuild, root: string, koffi: KoffiNativ
   if (isBundled(entry)) return () => `${VCPU_WORKER_CJS}: kept (${VCPU_WORKER} is bundled already)`;
   const outDir = dirname(entry);
   const result = await esbuild.build({
+    ...ESBUILD_COMMON,
     entryPoints: [entry],
-    bundle: true,
-    platform: 'node',
     format: 'esm',
-    target: 'node20',
-    packages: 'external',
-    keepNames: true,
-    logLevel: 'warning',
-    write: false,
     outdir: outDir,
     plugins: [plugin(root, outDir, { entry: VCPU_WORKER }, koffi, { script: true })],
   });
@@ -448,14 +447,8 @@ async function bundleVmStartup(esbuild: Esbuild, root: string, koffi: KoffiNativ
       resolveDir: outDir,
       sourcefile: 'vm-startup.js',
     },
-    bundle: true,
-    platform: 'node',
+    ...ESBUILD_COMMON,
     format: 'cjs',
-    target: 'node20',
-    packages: 'external',
-    keepNames: true,
-    logLevel: 'warning',
-    write: false,
     outfile: scriptFile,
     plugins: [plugin(root, outDir, { entry: VM_STARTUP_SCRIPT, keepOut: (p) => shared.has(p) }, koffi, { script: true })],
   });
