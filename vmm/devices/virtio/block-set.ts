@@ -316,6 +316,8 @@ export class VirtioBlockSet extends EventEmitter {
         ...(d.observer ? { observer: d.observer } : {}),
       })),
     };
+    // LIFEBOAT_VIRTIO_TRACE (io-trace.ts): when the worker was spawned, to compare with when it served.
+    if (process.env['LIFEBOAT_VIRTIO_TRACE']) process.stderr.write(`virtio trace: spawn at ${(performance.timeOrigin + performance.now()).toFixed(1)} (epoch ms)\n`);
     const worker = new Worker(new URL('./io-worker.js', import.meta.url), { workerData: data, transferList: [port] });
     this.worker = worker;
     worker.on('error', (err) => {

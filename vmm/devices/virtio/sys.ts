@@ -10,6 +10,12 @@ const flockFn = libc.func('int flock(int fd, int operation)');
 const pollFn = libc.func('int poll(void *fds, unsigned long nfds, int timeout)');
 const readFn = libc.func('long read(int fd, void *buf, size_t count)');
 const writeFn = libc.func('long write(int fd, const void *buf, size_t count)');
+const schedYieldFn = libc.func('int sched_yield(void)');
+
+/** sched_yield(2): lets another runnable thread of this CPU (e.g. a vCPU we just preempted) run first. */
+export function schedYield(): void {
+  schedYieldFn();
+}
 
 export const FALLOC_FL_KEEP_SIZE = 0x01;
 export const FALLOC_FL_PUNCH_HOLE = 0x02;
