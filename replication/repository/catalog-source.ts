@@ -5,7 +5,7 @@ import type { RebuildSource } from '../../catalog/rebuild.js';
 import type { ChunkReference, ChunkUseChange, PointChunkDelta, PointRecord, TargetRecord } from '../../catalog/records.js';
 import type { ChunkIndex } from './chunk-index.js';
 import { readCondemned } from './condemned.js';
-import type { ExtentMap } from './extent-map.js';
+import { sameId, type ExtentMap } from './extent-map.js';
 import { CHUNK_ID_BYTES } from './constants.js';
 import { MAP_EXTENT } from './layout.js';
 import { MissingObjectError } from './errors.js';
@@ -16,29 +16,6 @@ function reference(index: ChunkIndex, id: Buffer, context: string): ChunkReferen
   const loc = index.get(id);
   if (!loc) throw new MissingObjectError(`${context}: blob ${id.toString('hex').slice(0, 16)}... is in no pack`);
   return { id: id.toString('hex'), size: loc.rawLength, storedSize: loc.storedLength, pack: loc.packId };
-}
-
-/** The blob ids of cell c's extents with data, each once (a cell has at most a few extents). */
-function cellIds(map: ExtentMap, c: number): Buffer[] {
-  const ids: Buffer[] = [];
-  for (let k = map.cellFirst[c]; k < map.cellFirst[c + 1]; k++) {
-    if (map.isZero(k)) continue;
-    const id = map.id(k);
-    if (!ids.some((seen) => seen.equals(id))) ids.push(id);
-  }
-  return ids;
-}
-
-/** `cellIds` as lowercase hex, into `out` (cleared first): no Buffer per extent. */
-function cellHexIds(map: ExtentMap, c: number, out: string[]): string[] {
-  out.length = 0;
-  for (let k = map.cellFirst[c]; k < map.cellFirst[c + 1]; k++) {
-    if (map.isZero(k)) continue;
-    const at = map.idAt(k);
-    const id = map.records.toString('hex', at, at + CHUNK_ID_BYTES);
-    if (!out.includes(id)) out.push(id);
-  }
-  return out;
 }
 
 /** Where in map.records the blob ids of cell c's extents with data start, each id once, into `out`. */
@@ -52,9 +29,9 @@ function cellIdOffsets(map: ExtentMap, c: number, out: number[]): number[] {
   return out;
 }
 
-function sameId(a: Uint8Array, at: number, b: Uint8Array, bt: number): boolean {
-  for (let i = 0; i < CHUNK_ID_BYTES; i++) if (a[at + i] !== b[bt + i]) return false;
-  return true;
+/** The blob id at `at` in map.records, as lowercase hex. */
+function hexIdAt(map: ExtentMap, at: number): string {
+  return map.records.toString('hex', at, at + CHUNK_ID_BYTES);
 }
 
 /** Whether cell c has the same extents in both maps (a loop in JS: most cells are one 40-byte record). */
@@ -98,9 +75,9 @@ export function chunkUseChanges(
 ): Map<string, number> {
   const net = new Map<string, number>();
   const count = (id: string, d: number) => net.set(id, (net.get(id) ?? 0) + d);
-  const ids: string[] = [];
+  const idsAt: number[] = [];
   const countCell = (map: ExtentMap, c: number, d: number) => {
-    for (const id of cellHexIds(map, c, ids)) count(id, d);
+    for (const at of cellIdOffsets(map, c, idsAt)) count(hexIdAt(map, at), d);
   };
   const wasAt: number[] = [];
   const nowAt: number[] = [];
@@ -119,8 +96,8 @@ export function chunkUseChanges(
         // parent's blob beside the new one): compared as bytes, formatted only when they differ.
         const was = cellIdOffsets(before, c, wasAt);
         const now = cellIdOffsets(map, c, nowAt);
-        for (const at of was) if (!now.some((b) => sameId(before.records, at, map.records, b))) count(before.records.toString('hex', at, at + CHUNK_ID_BYTES), -1);
-        for (const at of now) if (!was.some((b) => sameId(map.records, at, before.records, b))) count(map.records.toString('hex', at, at + CHUNK_ID_BYTES), +1);
+        for (const at of was) if (!now.some((b) => sameId(before.records, at, map.records, b))) count(hexIdAt(before, at), -1);
+        for (const at of now) if (!was.some((b) => sameId(map.records, at, before.records, b))) count(hexIdAt(map, at), +1);
       };
       if (cells) for (const c of cells) compare(c);
       else for (let c = 0; c < map.cells; c++) compare(c);
@@ -144,10 +121,13 @@ export function chunkUseChanges(
  */
 function chunkReferences(pointId: string, manifest: PointManifest, maps: ExtentMap[], index: ChunkIndex): ChunkReference[] {
   const chunks: ChunkReference[] = [];
+  const idsAt: number[] = [];
   for (const [i, { label, image }] of pointImages(manifest).entries()) {
     const context = `point ${pointId} ${label}`;
     const map = maps[i];
-    for (let c = 0; c < map.cells; c++) for (const id of cellIds(map, c)) chunks.push(reference(index, id, context));
+    for (let c = 0; c < map.cells; c++) {
+      for (const at of cellIdOffsets(map, c, idsAt)) chunks.push(reference(index, map.records.subarray(at, at + CHUNK_ID_BYTES), context));
+    }
     for (const page of image.pages) chunks.push(reference(index, Buffer.from(page, 'hex'), context));
   }
   if (manifest.memory?.deviceState) chunks.push(reference(index, Buffer.from(manifest.memory.deviceState, 'hex'), `point ${pointId} memory`));

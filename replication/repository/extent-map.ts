@@ -144,18 +144,10 @@ export class ExtentMapBuilder {
     const records = Buffer.alloc(cap * E.size);
     records.set(this.records.subarray(0, this.n * E.size));
     this.records = records;
-    const o = new Uint32Array(cap);
-    o.set(this.offsets.subarray(0, this.n));
-    this.offsets = o;
-    const l = new Uint32Array(cap);
-    l.set(this.lengths.subarray(0, this.n));
-    this.lengths = l;
-    const p = new Float64Array(cap);
-    p.set(this.positions.subarray(0, this.n));
-    this.positions = p;
-    const z = new Uint8Array(cap);
-    z.set(this.zeros.subarray(0, this.n));
-    this.zeros = z;
+    this.offsets = grown(this.offsets, this.n, cap);
+    this.lengths = grown(this.lengths, this.n, cap);
+    this.positions = grown(this.positions, this.n, cap);
+    this.zeros = grown(this.zeros, this.n, cap);
   }
 
   private cellEnd(): number {
@@ -248,9 +240,17 @@ export class ExtentMapBuilder {
   }
 }
 
-function sameId(a: Uint8Array, at: number, b: Uint8Array, bt: number): boolean {
+/** Whether the blob ids at a[at...] and b[bt...] are the same bytes (no views made). */
+export function sameId(a: Uint8Array, at: number, b: Uint8Array, bt: number): boolean {
   for (let i = 0; i < CHUNK_ID_BYTES; i++) if (a[at + i] !== b[bt + i]) return false;
   return true;
+}
+
+/** A copy of `a`'s first `used` elements in an array of the same type holding `capacity`. */
+function grown<T extends Uint8Array | Uint32Array | Float64Array>(a: T, used: number, capacity: number): T {
+  const b = new (a.constructor as new (length: number) => T)(capacity);
+  b.set(a.subarray(0, used));
+  return b;
 }
 
 function writeU32(b: Uint8Array, at: number, v: number): void {
