@@ -359,13 +359,7 @@ async function bundleWorkerCjs(esbuild: Esbuild, root: string, koffi: KoffiNativ
     'if (cachedData === undefined || script.cachedDataRejected === true) {',
     '  // When this thread ends (its vCPU has run: V8 holds the functions it compiled), for the next start-up.',
     "  process.once('exit', () => {",
-    '    const tmp = `${cacheFile}.${process.pid}.${require(\'node:worker_threads\').threadId}.tmp`;',
-    '    try {',
-    '      writeFileSync(tmp, script.createCachedData());',
-    '      renameSync(tmp, cacheFile);',
-    '    } catch {',
-    '      rmSync(tmp, { force: true }); // a read-only build: every start-up compiles',
-    '    }',
+    ...writeCodeCache('`${cacheFile}.${process.pid}.${require(\'node:worker_threads\').threadId}.tmp`', '    '),
     '  });',
     '}',
     'script.runInThisContext()(require, pathToFileURL(file).href).catch((err) => process.nextTick(() => {',
@@ -380,6 +374,22 @@ async function bundleWorkerCjs(esbuild: Esbuild, root: string, koffi: KoffiNativ
     writeFileSync(join(root, VCPU_WORKER_CJS), loader);
     return `${VCPU_WORKER_CJS}: CommonJS, its code (${VCPU_WORKER_SCRIPT}, ${(script.length / 1024).toFixed(0)} KiB) code-cached`;
   };
+}
+
+/**
+ * Lines of a loader that write `script`'s code cache to `cacheFile` through the temporary file named by
+ * the expression `tmp` (a rename: a reader never sees half a cache), each line prefixed by `indent`.
+ */
+function writeCodeCache(tmp: string, indent: string): string[] {
+  return [
+    `const tmp = ${tmp};`,
+    'try {',
+    '  writeFileSync(tmp, script.createCachedData());',
+    '  renameSync(tmp, cacheFile);',
+    '} catch {',
+    '  rmSync(tmp, { force: true }); // a read-only build: every start-up compiles',
+    '}',
+  ].map((line) => indent + line);
 }
 
 /** The ES module that compiles and runs the code-cached script (see the header). */
@@ -416,13 +426,7 @@ function vmStartupLoader(loaderDir: string, root: string, cacheFile: string): st
     '      const status = await command.run(argv);',
     '      if (saveCache) {',
     '        saveCache = false;',
-    '        const tmp = `${cacheFile}.${process.pid}.tmp`;',
-    '        try {',
-    '          writeFileSync(tmp, script.createCachedData());',
-    '          renameSync(tmp, cacheFile);',
-    '        } catch {',
-    '          rmSync(tmp, { force: true }); // a read-only build: every start-up compiles',
-    '        }',
+    ...writeCodeCache('`${cacheFile}.${process.pid}.tmp`', '        '),
     '      }',
     '      return status;',
     '    },',
