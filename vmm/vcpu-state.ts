@@ -94,26 +94,39 @@ export const AREA_GATE_OPEN_AT = 11;
 /** The ioctls of a save, in order; their durations (µs) are kept in the area. */
 export const AREA_TIMED = ['MP_STATE', 'REGS', 'SREGS', 'XSAVE', 'XCRS', 'DEBUGREGS', 'LAPIC', 'MSRS', 'VCPU_EVENTS', 'CPUID2+TSC_KHZ (first save)'] as const;
 
-const A = {
-  status: 0, // i32: 0 never saved, 1 saved, 2 failed (message below)
-  staticSaved: 4, // i32: CPUID and TSC frequency are in the area
-  xsaveSize: 8, // u32: bytes of XSAVE state saved
-  errorLength: 12, // u32
-  error: 16, // UTF-8, 240 bytes
-  timing: 256, // f64 per AREA_TIMED entry, then AREA_PARKED_AT and AREA_GATE_OPEN_AT
-  mpState: 352,
-  regs: 360,
-  sregs: 360 + kvmRegs.size,
-  xcrs: 816,
-  debugregs: 816 + KVM_XCRS_SIZE,
-  lapic: 1336,
-  events: 1336 + KVM_LAPIC_STATE_SIZE,
-  tscKhz: 2424,
-  msrs: 2432,
-  cpuid: 2432 + kvmMsrsHeader.size + AREA_MAX_MSRS * kvmMsrEntry.size,
-  xsave: 14736,
-} as const;
 const ERROR_BYTES = 240;
+
+/**
+ * The area's layout: each field after the one before, at its alignment, sized from the KVM struct it
+ * holds (the sizes are tested in test/vmm/kvm-structs.test.ts).
+ */
+const A = (() => {
+  let end = 0;
+  const field = (bytes: number, align = 4): number => {
+    const at = Math.ceil(end / align) * align;
+    end = at + bytes;
+    return at;
+  };
+  return {
+    status: field(4), // i32: 0 never saved, 1 saved, 2 failed (message below)
+    staticSaved: field(4), // i32: CPUID and TSC frequency are in the area
+    xsaveSize: field(4), // u32: bytes of XSAVE state saved
+    errorLength: field(4), // u32
+    error: field(ERROR_BYTES), // UTF-8
+    timing: field((AREA_TIMED.length + 2) * 8, 8), // f64 per AREA_TIMED entry, then AREA_PARKED_AT and AREA_GATE_OPEN_AT
+    mpState: field(4),
+    regs: field(kvmRegs.size, 8),
+    sregs: field(kvmSregs.size, 8),
+    xcrs: field(KVM_XCRS_SIZE, 8),
+    debugregs: field(KVM_DEBUGREGS_SIZE, 8),
+    lapic: field(KVM_LAPIC_STATE_SIZE, 8),
+    events: field(KVM_VCPU_EVENTS_SIZE, 8),
+    tscKhz: field(8, 8),
+    msrs: field(kvmMsrsHeader.size + AREA_MAX_MSRS * kvmMsrEntry.size, 8),
+    cpuid: field(kvmCpuid2Header.size + AREA_MAX_CPUID * kvmCpuidEntry2.size, 8),
+    xsave: field(AREA_MAX_XSAVE, 8),
+  } as const;
+})();
 
 /** Bytes of one vCPU's state area. */
 export const VCPU_STATE_AREA_BYTES = A.xsave + AREA_MAX_XSAVE;
