@@ -147,7 +147,7 @@ async function ours(dir: string, mem: number, vcpus: number, dirtyPages: number)
     const restored = new Proc(process.execPath, [...NODE_OPTIONS, MAIN, 'vm', 'restore', '--from', join(dir, 'full'), '--from', join(dir, 'diff')], vmmEnv({ LIFEBOAT_VMM_TRACE: '1' }));
     let cold: Omit<OursSample, 'warmMs' | 'warmVmmMs'>;
     try {
-      const wall = await restored.until(() => /trace: run /.test(restored.err), 'restore');
+      const wall = await restored.until(() => /trace: vCPUs running /.test(restored.err), 'restore');
       const at = (step: string) => {
         const m = new RegExp(`trace: ${step.replace(/[()]/g, '\\$&')} (?:[\\d.]+ ms )?\\(t=([\\d.]+) ms\\)`).exec(restored.err);
         if (!m) throw new Error(`no '${step}' in the restore's trace: ${restored.err}`);
@@ -161,8 +161,8 @@ async function ours(dir: string, mem: number, vcpus: number, dirtyPages: number)
       if (!opened) throw new Error(`no 'snapshot opened' in the restore's trace: ${restored.err}`);
       cold = {
         pauseMs: diff.pauseMs as number, pauseSteps: diff.pauseSteps as PauseStep[], totalMs: diff.totalMs as number, diffBytes: diff.diskBytes as number, diffPages: diff.memoryPages as number,
-        restoreWallMs: wall, startupMs: started, restoreVmmMs: at('run') - started, openMs: Number(opened[3]) - started,
-        mappedRanges: Number(opened[1]), copiedRanges: Number(opened[2]), verifyMs: at('snapshot verified') - at('run'),
+        restoreWallMs: wall, startupMs: started, restoreVmmMs: at('vCPUs running') - started, openMs: Number(opened[3]) - started,
+        mappedRanges: Number(opened[1]), copiedRanges: Number(opened[2]), verifyMs: at('snapshot verified') - at('vCPUs running'),
       };
     } finally {
       await restored.kill();

@@ -141,9 +141,9 @@ export async function bootMachine(config: ValidatedConfig, options: BootOptions)
     }
 
     vcpus.resume();
-    trace('run');
+    trace('vCPUs released');
     await started;
-    trace('vCPU threads');
+    trace('vCPUs running');
     options.console.attachSerial(platform.serial);
     // The guest need not wait for the disks' I/O worker: its queue notifications wait in the ioeventfds
     // until the worker polls them. A booting guest gets it at its first notification (its start-up would

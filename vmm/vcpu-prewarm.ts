@@ -1,10 +1,12 @@
 // vCPU worker threads can be spawned before anything else happens: a worker spends most of its start-up
 // bootstrapping Node and loading code (koffi, the devices), which then overlaps with the main thread's
-// own loading and VM set-up. This module imports nothing heavy, so the CLI calls it first thing (and the
-// bundled CLI, scripts/bundle.ts, imports this very file: one pool per process).
+// own loading and VM set-up. This module imports nothing heavy (the snapshot format's reader needs only
+// node:fs and node:zlib), so the CLI calls it first thing (and the bundled CLI, scripts/bundle.ts, imports
+// this very file: one pool per process).
 import { statSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
+import { readStateMeta } from './snapshot/format.js';
 
 /**
  * The worker's entry: its CommonJS form when the build has one made from the current code (npm run
@@ -108,10 +110,10 @@ function optionValue(args: readonly string[], name: string): string | undefined 
 /**
  * For the CLI's entry (src/cli/main.ts), before the command's code loads: the vCPU workers that `argv`
  * (the CLI's arguments) is about to need. `vm run` needs `--vcpus` of them (default 1). `vm restore`
- * needs as many as the snapshot has: one at once (every VM has one), the others as soon as the first
- * `--from` snapshot's state says how many (its small decoder loads while the command's code does).
- * Anything unusual (help, a malformed count, an unreadable snapshot) starts no more: the command
- * reports it. Never fails.
+ * needs as many as the snapshot has: the first `--from` snapshot's state says how many, read here at
+ * once (a dynamic import of the reader would settle only after the command's code has loaded, and the
+ * second vCPU's worker would start ~15 ms late). Anything unusual (help, a malformed count, an unreadable
+ * snapshot) starts one worker, or none: the command reports it. Never fails.
  */
 export function prewarmForCommand(argv: readonly string[]): void {
   const args = argv.filter((a) => a !== '--debug');
@@ -125,10 +127,12 @@ export function prewarmForCommand(argv: readonly string[]): void {
   prewarmVcpuWorkers(1);
   const from = optionValue(args, '--from');
   if (from === undefined) return;
-  import('./snapshot/format.js').then(({ readStateMeta }) => {
+  try {
     const count = readStateMeta(from).vcpuCount;
     if (typeof count === 'number' && Number.isSafeInteger(count)) prewarmVcpuWorkers(count);
-  }).catch(() => {});
+  } catch {
+    // The command reads the snapshot again and says what is wrong with it.
+  }
 }
 
 /** A prewarmed worker if there is one, else a fresh one (it keeps the process alive until terminated). */
