@@ -11,7 +11,12 @@ async function usage(): Promise<string> {
   const loaded = await Promise.all(commands.map((c) => c.load()));
   const width = Math.max(...commands.map((c) => c.path.join(' ').length), 10);
   const lines = loaded.map((c) => `  ${c.path.join(' ').padEnd(width)}  ${c.summary}`);
-  return ['Usage: lifeboat COMMAND [ARGS...]   (lifeboat COMMAND --help for details)', '', 'Commands:', ...lines].join('\n');
+  return ['Usage: lifeboat COMMAND [ARGS...]   (lifeboat COMMAND --help for details; lifeboat --version)', '', 'Commands:', ...lines].join('\n');
+}
+
+async function version(): Promise<string> {
+  const [{ readFileSync }, { join }, { projectRoot }] = await Promise.all([import('node:fs'), import('node:path'), import('../util/project-root.js')]);
+  return (JSON.parse(readFileSync(join(projectRoot(), 'package.json'), 'utf8')) as { version: string }).version;
 }
 
 /** The entry whose path is the longest prefix of argv. */
@@ -29,6 +34,10 @@ export async function main(argv: string[]): Promise<number> {
   if (args.length === 0 || args[0] === '--help' || args[0] === 'help') {
     process.stdout.write((await usage()) + '\n');
     return args.length === 0 ? 2 : 0;
+  }
+  if (args[0] === '--version' || args[0] === 'version') {
+    process.stdout.write(`lifeboat ${await version()}\n`);
+    return 0;
   }
   const found = findCommand(args);
   if (!found) {

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { commands } from '../../src/cli/commands/index.js';
 import { projectRoot } from '../../src/util/project-root.js';
@@ -28,5 +29,13 @@ describe('the lifeboat command line', () => {
     const unknown = spawnSync(process.execPath, [bin, 'frobnicate'], { encoding: 'utf8' });
     assert.equal(unknown.status, 2);
     assert.match(unknown.stderr, /unknown command 'frobnicate'/);
+  });
+
+  it('prints its version (the package version) for --version', () => {
+    const bin = join(projectRoot(), 'bin', 'lifeboat');
+    const { version } = JSON.parse(readFileSync(join(projectRoot(), 'package.json'), 'utf8')) as { version: string };
+    const printed = spawnSync(process.execPath, [bin, '--version'], { encoding: 'utf8' });
+    assert.equal(printed.status, 0, printed.stderr);
+    assert.equal(printed.stdout, `lifeboat ${version}\n`);
   });
 });
