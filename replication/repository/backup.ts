@@ -2,7 +2,8 @@
 // bitmap names (incremental with a bitmap), or every chunk but uploads only those whose id the
 // repository does not hold (incremental by hash comparison). With a bitmap finer than the chunk size,
 // only the runs of changed granules are read and stored, as small chunks spliced into the parent's
-// extent map (extent-map.ts); a cell that would hold too many extents is read whole instead. Pieces go
+// extent map (extent-map.ts); in a cell that would hold too many extents the runs take in the shortest
+// gaps of unchanged bytes between or around them until it does not (fittedRuns). Pieces go
 // through the worker pool (hash, then compress + seal for new ones) into packs; packs and their index
 // objects are durable before the point's map pages and, last, its manifest are written.
 
@@ -508,24 +509,54 @@ function changedRuns(bitmap: ChangeBitmap, c: number, chunkSize: number, size: n
   return runs;
 }
 
-/** Extents cell c would hold with `runs` spliced into the parent's extents of the cell. */
-function splicedCount(parent: ExtentMap, c: number, runs: [number, number][], chunkSize: number): number {
-  let n = runs.length;
-  // The parent's extents overlapping each gap between runs (and before the first, after the last).
-  const gap = (a: number, b: number) => {
-    if (a >= b) return;
-    for (let k = parent.cellFirst[c]; k < parent.cellFirst[c + 1]; k++) {
-      const p = parent.positions[k];
-      if (p < b && p + parent.lengths[k] > a) n++;
-    }
-  };
-  let cursor = c * chunkSize;
-  for (const [a, b] of runs) {
-    gap(cursor, a);
-    cursor = b;
+/** How many of the parent's extents of cell c overlap the bytes [a, b). */
+function overlapping(parent: ExtentMap, c: number, a: number, b: number): number {
+  let n = 0;
+  if (a >= b) return 0;
+  for (let k = parent.cellFirst[c], end = parent.cellFirst[c + 1]; k < end; k++) {
+    const p = parent.positions[k];
+    if (p < b && p + parent.lengths[k] > a) n++;
   }
-  gap(cursor, Math.min(parent.size, (c + 1) * chunkSize));
   return n;
+}
+
+/** Extents cell c ([cellStart, cellEnd)) would hold with `runs` spliced into the parent's extents of the cell. */
+function splicedCount(parent: ExtentMap, c: number, runs: [number, number][], cellStart: number, cellEnd: number): number {
+  // Each run, and the parent's extents overlapping each gap between runs (and before the first, after the last).
+  let n = runs.length + overlapping(parent, c, cellStart, runs[0][0]) + overlapping(parent, c, runs[runs.length - 1][1], cellEnd);
+  for (let i = 1; i < runs.length; i++) n += overlapping(parent, c, runs[i - 1][1], runs[i][0]);
+  return n;
+}
+
+/**
+ * The runs to read in cell c so that splicing them into the parent's extents leaves at most
+ * MAX_EXTENTS_PER_CELL extents: the changed runs, widened over the shortest gaps of unchanged bytes
+ * (read again and stored with the run) until the cell fits. Null when they end up covering the whole
+ * cell (it is read whole). A cell whose runs are a granule or two of a 64 KiB chunk reads a few KiB
+ * more instead of the whole chunk.
+ */
+function fittedRuns(parent: ExtentMap, c: number, runs: [number, number][], cellStart: number, cellEnd: number): [number, number][] | null {
+  while (splicedCount(parent, c, runs, cellStart, cellEnd) > MAX_EXTENTS_PER_CELL) {
+    // Gap g lies before run g; gap runs.length after the last run. Every gap that is not empty overlaps
+    // at least one parent extent, so closing one always lowers the count.
+    let best = -1;
+    let bestLength = Infinity;
+    for (let g = 0; g <= runs.length; g++) {
+      const a = g === 0 ? cellStart : runs[g - 1][1];
+      const b = g === runs.length ? cellEnd : runs[g][0];
+      if (b > a && b - a < bestLength) {
+        best = g;
+        bestLength = b - a;
+      }
+    }
+    if (best === 0) runs[0][0] = cellStart;
+    else if (best === runs.length) runs[runs.length - 1][1] = cellEnd;
+    else {
+      runs[best - 1][1] = runs[best][1];
+      runs.splice(best, 1);
+    }
+  }
+  return runs.length === 1 && runs[0][0] === cellStart && runs[0][1] === cellEnd ? null : runs;
 }
 
 /** A cell's extents in the parent all have their blob in the index (zeros need none). */
@@ -627,8 +658,9 @@ async function planImage(
       if (!reusable) wholeCell(plan, c, cs); // else CellAction.Copy
       continue;
     }
-    const runs = fine && reusable ? changedRuns(bitmap, c, cs, size) : null;
-    if (!runs || splicedCount(parent, c, runs, cs) > MAX_EXTENTS_PER_CELL) {
+    const changed = fine && reusable ? changedRuns(bitmap, c, cs, size) : null;
+    const runs = changed && fittedRuns(parent, c, changed, c * cs, Math.min(size, (c + 1) * cs));
+    if (!runs) {
       wholeCell(plan, c, cs);
       continue;
     }
@@ -756,6 +788,28 @@ function sameIdAt(records: Buffer, a: number, b: number): boolean {
   return true;
 }
 
+/**
+ * Extents a plan takes from the parent as they are (they count as reused, or zero): the parent's
+ * counts (checked against its map when it was read) less those of the cells not copied, which are few.
+ */
+function copiedExtents(plan: ImagePlan): { zero: number; data: number } {
+  const parent = plan.parentMap;
+  const image = plan.parentImage;
+  if (!parent || !image) return { zero: 0, data: 0 };
+  let zero = image.zeroExtents;
+  let data = image.extents - image.zeroExtents;
+  const drop = (c: number) => {
+    for (let k = parent.cellFirst[c]; k < parent.cellFirst[c + 1]; k++) {
+      if (parent.zeros[k] === 1) zero--;
+      else data--;
+    }
+  };
+  const shared = Math.min(plan.cells, parent.cells);
+  for (let c = 0; c < shared; c++) if (plan.cellAction[c] !== CellAction.Copy) drop(c);
+  for (let c = shared; c < parent.cells; c++) drop(c);
+  return { zero, data };
+}
+
 /** The cells of a plan that do not take the parent's extents as they are. */
 function cellsNotCopied(plan: ImagePlan): Uint32Array {
   let n = 0;
@@ -823,15 +877,9 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     void preparedBodies.then((bodies) => bodies && packing.addSpareBodies(bodies));
     run.bytesTotal = bytesTotal;
     for (const p of plans) {
-      // Extents taken from the parent count as reused (or zero).
-      if (!p.parentMap) continue;
-      for (let c = 0; c < p.cells; c++) {
-        if (p.cellAction[c] !== CellAction.Copy) continue;
-        for (let k = p.parentMap.cellFirst[c]; k < p.parentMap.cellFirst[c + 1]; k++) {
-          if (p.parentMap.isZero(k)) run.zeroChunks++;
-          else run.chunksReused++;
-        }
-      }
+      const copied = copiedExtents(p);
+      run.zeroChunks += copied.zero;
+      run.chunksReused += copied.data;
     }
     await run.readImages(plans);
     await run.flushData();

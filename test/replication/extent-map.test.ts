@@ -1,8 +1,8 @@
 // Extent maps on a local repository: an incremental with a change bitmap finer than the chunk size stores
 // only the changed granules and splices them into its parent's extents; a cell that would hold too many
-// extents is stored whole again; gc keeps every blob a remaining point takes bytes from; a map that does
-// not tile its image is refused as damaged everywhere it is read; a repository of the old format is
-// refused, never misread.
+// extents reads the shortest unchanged gaps along instead; gc keeps every blob a remaining point takes
+// bytes from; a map that does not tile its image is refused as damaged everywhere it is read; a
+// repository of the old format is refused, never misread.
 
 import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -77,19 +77,35 @@ describe('extent maps: incrementals that store only the changed granules', funct
     return repo.readExtentMap(manifest.disks[0], await repo.loadIndex(), 'test');
   }
 
-  it('a cell that would hold more than the bounded number of extents is read whole and stored as one chunk again', async () => {
+  it('a cell that would hold more than the bounded number of extents reads the shortest unchanged gap along, and stays within the bound', async () => {
     disk = seededBytes('base', 4 * CS);
     await backupWith([]);
     const one = await backupWith([write(8 * KiB, seededBytes('one', 4 * KiB))]);
     assert.equal(one.bytesRead, 4 * KiB, 'only the changed granule is read');
     assert.equal((await mapOf(one.pointId)).cellFirst[1], 3, 'cell 0: the old chunk before, the new granule, the old chunk after');
+    // Splicing a granule at 40 KiB alone would leave 5 extents (old, one, old, two, old): the 20 KiB of
+    // unchanged bytes after it (the shorter gap) are read along, and cell 0 holds 4.
     const two = await backupWith([write(40 * KiB, seededBytes('two', 4 * KiB))]);
-    assert.equal(two.bytesRead, CS, `a fifth extent would exceed ${MAX_EXTENTS_PER_CELL}: the whole cell is read`);
-    assert.equal((await mapOf(two.pointId)).cellFirst[1], 1, 'cell 0 is one chunk again');
+    assert.equal(two.bytesRead, 24 * KiB, `a fifth extent would exceed ${MAX_EXTENTS_PER_CELL}: the granule and the unchanged bytes after it are read, not the whole cell`);
+    const twoMap = await mapOf(two.pointId);
+    assert.equal(twoMap.cellFirst[1], MAX_EXTENTS_PER_CELL, 'cell 0: old, one, old, then the new run to the end of the cell');
+    assert.deepEqual([...twoMap.lengths.subarray(0, 4)], [8 * KiB, 4 * KiB, 28 * KiB, 24 * KiB]);
+    // Granules changed all over cell 3: splicing them would take many extents; the shortest gaps are
+    // read along until at most 4 remain.
+    const scattered = [1, 3, 6, 9, 12, 14].map((g) => write(3 * CS + g * 4 * KiB, seededBytes(`scattered ${g}`, 4 * KiB)));
+    const four = await backupWith(scattered);
+    assert.ok(four.bytesRead < CS, `less than the whole cell is read (read ${four.bytesRead})`);
+    const fourMap = await mapOf(four.pointId);
+    assert.ok(fourMap.cellFirst[4] - fourMap.cellFirst[3] <= MAX_EXTENTS_PER_CELL, 'cell 3 stays within the bound');
+    // Every granule of cell 2 changed: the cell is read whole and is one chunk again.
+    const whole = await backupWith(Array.from({ length: 16 }, (_, g) => write(2 * CS + g * 4 * KiB, seededBytes(`all ${g}`, 4 * KiB))));
+    assert.equal(whole.bytesRead, CS);
+    assert.equal((await mapOf(whole.pointId)).cellFirst[3] - (await mapOf(whole.pointId)).cellFirst[2], 1, 'cell 2 is one chunk');
     const three = await backupWith([write(CS + 100, Buffer.from('a few bytes across a granule boundary'.repeat(200)))]);
     assert.ok(three.bytesRead <= 3 * 4 * KiB, `only the granules the write touched are read (read ${three.bytesRead})`);
     assert.ok((await restored(three.pointId)).equals(disk));
     assert.ok((await restored(one.pointId)).equals(Buffer.concat([seededBytes('base', 8 * KiB), seededBytes('one', 4 * KiB), seededBytes('base', 4 * CS).subarray(12 * KiB)])));
+    assert.deepEqual((await verify(repo, { readData: true })).problems, []);
   });
 
   it('forget and gc keep every blob a remaining point takes bytes from, and reclaim the rest', async () => {
