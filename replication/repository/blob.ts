@@ -55,6 +55,24 @@ const histogram = new Uint32Array(256);
 /** SAMPLE_LOG[n] = n * log2(n), for the entropy estimate. */
 const SAMPLE_LOG = Float64Array.from({ length: ENTROPY_SAMPLES + 1 }, (_, n) => (n ? n * Math.log2(n) : 0));
 
+/** The order-0 entropy of the n samples counted in `histogram`, in bits per byte, Miller-Madow corrected. */
+function sampledEntropy(n: number): number {
+  let sum = 0;
+  for (let v = 0; v < 256; v++) sum += SAMPLE_LOG[histogram[v]];
+  return Math.log2(n) - sum / n + 255 / (2 * n * Math.LN2);
+}
+
+/**
+ * Every FIRST_PASS-th sample makes a first estimate; it decides alone when it lies further from
+ * INCOMPRESSIBLE_BITS than the full estimate could plausibly be: above by FIRST_PASS_SIGMAS standard
+ * deviations of the estimate for uniformly random bytes (sqrt(2 * 255) / (2 n ln 2) bits for n
+ * samples), or below by CLEARLY_COMPRESSIBLE bits. Random data (8 bits) and compressible data (well
+ * below) then cost a quarter of the samples; only data near the threshold takes them all.
+ */
+const FIRST_PASS = 4;
+const FIRST_PASS_SIGMAS = 4;
+const CLEARLY_COMPRESSIBLE = 0.25;
+
 /**
  * Whether a chunk's bytes look random (encrypted or already compressed data): the order-0 entropy of
  * up to ENTROPY_SAMPLES evenly spaced bytes, corrected for the sample's size, is at least
@@ -64,13 +82,17 @@ const SAMPLE_LOG = Float64Array.from({ length: ENTROPY_SAMPLES + 1 }, (_, n) => 
 export function looksIncompressible(plain: Uint8Array): boolean {
   if (plain.length < MIN_ENTROPY_SAMPLES) return false;
   const step = Math.max(1, Math.floor(plain.length / ENTROPY_SAMPLES));
+  const n = Math.min(ENTROPY_SAMPLES, Math.ceil(plain.length / step));
   histogram.fill(0);
-  let n = 0;
-  for (let i = 0; i < plain.length && n < ENTROPY_SAMPLES; i += step, n++) histogram[plain[i]]++;
-  let sum = 0;
-  for (let v = 0; v < 256; v++) sum += SAMPLE_LOG[histogram[v]];
-  const bits = Math.log2(n) - sum / n + 255 / (2 * n * Math.LN2); // Miller-Madow correction
-  return bits >= INCOMPRESSIBLE_BITS;
+  const far = FIRST_PASS * step;
+  for (let i = 0, end = n * step; i < end; i += far) histogram[plain[i]]++;
+  const first = Math.ceil(n / FIRST_PASS);
+  const estimate = sampledEntropy(first);
+  if (estimate >= INCOMPRESSIBLE_BITS + (FIRST_PASS_SIGMAS * Math.sqrt(2 * 255)) / (2 * first * Math.LN2)) return true;
+  if (estimate < INCOMPRESSIBLE_BITS - CLEARLY_COMPRESSIBLE) return false;
+  // Near the threshold: the other samples too (the estimate from all n).
+  for (let k = 0; k < n; k++) if (k % FIRST_PASS !== 0) histogram[plain[k * step]]++;
+  return sampledEntropy(n) >= INCOMPRESSIBLE_BITS;
 }
 
 const KNOWN_COMPRESSION = new Set<number>([Compression.None, Compression.Brotli, Compression.Lz4]);

@@ -21,7 +21,7 @@ import {
 import { changeBitmapFromRanges, decodeChangeBitmap, encodeChangeBitmap, markDirtyChunks } from '../../replication/repository/change-bitmap.js';
 import { Sealer, deriveWorkingKeys } from '../../replication/repository/crypto.js';
 import { decodeBlob, encodeBlob, BlobError, looksIncompressible } from '../../replication/repository/blob.js';
-import { BlobType, Compression, RECORD_VERSION, SEAL_OVERHEAD } from '../../replication/repository/constants.js';
+import { BlobType, Compression, ENTROPY_SAMPLES, INCOMPRESSIBLE_BITS, RECORD_VERSION, SEAL_OVERHEAD } from '../../replication/repository/constants.js';
 import { PackBuilder, parsePackTail } from '../../replication/repository/pack.js';
 import { ChunkIndex, packIndexHeader } from '../../replication/repository/chunk-index.js';
 import { ExtentMapBuilder, decodeExtentMap, encodeMapPages } from '../../replication/repository/extent-map.js';
@@ -177,6 +177,31 @@ describe('repository binary layouts', () => {
     assert.equal(encodeBlob(binary, Buffer.alloc(32), BlobType.Chunk, new Sealer(null), 0).compression, Compression.Brotli, 'it does compress');
     assert.equal(looksIncompressible(binary), false);
     assert.equal(looksIncompressible(Buffer.concat([seededBytes('half', 32768), Buffer.alloc(32768)])), false, 'half zeros');
+  });
+
+  it('the entropy check decides as the estimate from all its samples would, for data of every entropy around the threshold', () => {
+    /** The estimate from all samples (what looksIncompressible computed before it had a first pass). */
+    const fullEstimate = (plain: Buffer): boolean => {
+      const step = Math.max(1, Math.floor(plain.length / ENTROPY_SAMPLES));
+      const counts = new Array<number>(256).fill(0);
+      let n = 0;
+      for (let i = 0; i < plain.length && n < ENTROPY_SAMPLES; i += step, n++) counts[plain[i]!]++;
+      const sum = counts.reduce((a, c) => a + (c ? c * Math.log2(c) : 0), 0);
+      return Math.log2(n) - sum / n + 255 / (2 * n * Math.LN2) >= INCOMPRESSIBLE_BITS;
+    };
+    let near = 0;
+    for (let i = 0; i < 300; i++) {
+      // Random bytes, a share of them from a smaller alphabet: entropies from ~7.4 to 8 bits per byte.
+      const size = [2048, 4096, 24576, 65536][i % 4]!;
+      const data = seededBytes(`entropy ${i}`, size);
+      const alphabet = 64 + (i % 192);
+      const share = (i * 7) % 100;
+      for (let k = 0; k < size; k++) if ((k * 37) % 100 < share) data[k] = data[k]! % alphabet;
+      const want = fullEstimate(data);
+      assert.equal(looksIncompressible(data), want, `sample ${i} (${size} bytes, alphabet ${alphabet}, ${share}%)`);
+      if (want) near++;
+    }
+    assert.ok(near > 30 && near < 270, `both decisions occur (${near} of 300 incompressible)`);
   });
 
   it('a pack ends with its sealed index and trailer, identical to its index object', () => {
