@@ -151,6 +151,11 @@ export class ChunkIndex {
     return a.packId > b.packId;
   }
 
+  /** Makes room for `blobs` more blobs at once (a loader that knows how many are coming). */
+  reserve(blobs: number): void {
+    if (this.used + blobs > this.pack.length) this.grow(this.used + blobs);
+  }
+
   /** Registers a pack about to be added: its number, or -1 when it is already in the index. */
   private startPack(packIdBytes: Buffer, packSize: number, blobCount: number, createdMs: number, rank: number): { info: PackInfo; packNo: number } | null {
     const packId = packIdBytes.toString('hex');
@@ -177,7 +182,9 @@ export class ChunkIndex {
     }
     s = this.used++;
     this.table[t] = s;
-    this.idBytes.set(id.subarray(at, at + CHUNK_ID_BYTES), s * CHUNK_ID_BYTES);
+    // Byte by byte: a view per id (subarray) costs more than the copy, ~0.5 us each before the JIT warms up.
+    const ids = this.idBytes;
+    for (let b = 0, to = s * CHUNK_ID_BYTES; b < CHUNK_ID_BYTES; b++) ids[to + b] = id[at + b];
     return s;
   }
 

@@ -340,16 +340,21 @@ export class Repository {
   ): Promise<ChunkIndex> {
     const index = new ChunkIndex();
     const [ids, present] = await Promise.all([this.listIndexIds(), options.present]);
-    await mapLimit(ids, LOAD_CONCURRENCY, async (id) => {
-      for (const { header, plain } of await this.readPackIndexes(id)) {
-        const packId = header.packId.toString('hex');
-        if (options.exclude?.has(packId)) continue;
-        const here = !present || present.get(packId) === header.packSize;
-        if (!here && options.onlyPresent) continue;
-        index.addPackIndex(plain, header, !here ? PACK_RANK.missing : options.avoid?.has(packId) ? PACK_RANK.condemned : PACK_RANK.present);
-      }
-    });
+    const packs = (await mapLimit(ids, LOAD_CONCURRENCY, (id) => this.readPackIndexes(id))).flat();
     this.prefetched = null;
+    const ranked: { header: PackIndexHeader; plain: Buffer; rank: number }[] = [];
+    let blobs = 0;
+    for (const { header, plain } of packs) {
+      const packId = header.packId.toString('hex');
+      if (options.exclude?.has(packId)) continue;
+      const here = !present || present.get(packId) === header.packSize;
+      if (!here && options.onlyPresent) continue;
+      ranked.push({ header, plain, rank: !here ? PACK_RANK.missing : options.avoid?.has(packId) ? PACK_RANK.condemned : PACK_RANK.present });
+      blobs += header.count;
+    }
+    // Sized once for every blob: the table is not rebuilt as it fills.
+    index.reserve(blobs);
+    for (const { header, plain, rank } of ranked) index.addPackIndex(plain, header, rank);
     return index;
   }
 
