@@ -22,6 +22,12 @@
 // thread that loads it (the main thread and each worker), against ~1 ms. If the file is gone or is
 // another koffi version, the bundle falls back to the package (`import('koffi')`).
 //
+// lz4-napi: the same, with one `process.dlopen` of the native module its package entry picks on this
+// machine. The entry is a CommonJS file of ~20 KiB that tells glibc from musl by reading /usr/bin/ldd;
+// imported from an ES module, Node also scans it for its export names: ~15 ms in every thread that loads
+// it (the main thread of `backup` and `restore`, each chunk worker), against ~2 ms. If the file is gone
+// or does not export what Lifeboat calls, the bundle falls back to the package.
+//
 // `vm run` and `vm restore` (dist/src/cli/vm-startup.js): their code is one CommonJS script
 // (vm-startup.script.js) that a small ES module compiles with `vm.Script` and V8's code cache
 // (vm-startup.script.js.HASH.v8cache, HASH from the script's text), so a start-up does not parse and
@@ -146,38 +152,96 @@ export function findKoffiNative(): KoffiNative | undefined {
   }
 }
 
-const KOFFI_NAMESPACE = 'lifeboat-koffi';
+/**
+ * A native module a bundle loads with one `process.dlopen` of its file (see the header), falling back to
+ * its package when the file is gone or is not the module the bundle was built for.
+ */
+export interface DirectNative {
+  /** The package's name, as the code imports it. */
+  pkg: string;
+  file: string;
+  /** A statement that throws when `m.exports` is not the module the bundle was built for. */
+  check: string;
+  /** Exports the ES module form also gives by name, beside the default export. */
+  named: readonly string[];
+}
 
-/** The module that stands for 'koffi' inside a bundle written to `outDir` (see the header). */
-export function koffiShim(outDir: string, native: KoffiNative): string {
+/** The module that stands for `n.pkg` inside an ES module bundle written to `outDir`. */
+export function nativeShim(outDir: string, n: DirectNative): string {
   return [
     "import { fileURLToPath } from 'node:url';",
-    'let koffi;',
+    'let native;',
     'try {',
     '  const m = { exports: {} };',
-    `  process.dlopen(m, fileURLToPath(new URL(${JSON.stringify(specifier(outDir, native.file))}, import.meta.url)));`,
-    `  if (m.exports.version !== ${JSON.stringify(native.version)}) throw new Error('another koffi version');`,
-    '  koffi = m.exports;',
+    `  process.dlopen(m, fileURLToPath(new URL(${JSON.stringify(specifier(outDir, n.file))}, import.meta.url)));`,
+    `  ${n.check}`,
+    '  native = m.exports;',
     '} catch {',
-    "  koffi = (await import('koffi')).default;",
+    `  native = (await import(${JSON.stringify(n.pkg)})).default;`,
     '}',
-    'export default koffi;',
+    ...n.named.map((f) => `export const ${f} = native.${f};`),
+    'export default native;',
   ].join('\n');
 }
 
-/** The CommonJS form of koffiShim, for the code-cached script: `baseUrl` names the script's own URL. */
-export function koffiShimCjs(outDir: string, native: KoffiNative, baseUrl: string): string {
+/** The CommonJS form of nativeShim, for the code-cached scripts: `baseUrl` names the script's own URL. */
+export function nativeShimCjs(outDir: string, n: DirectNative, baseUrl: string): string {
   return [
     "const { fileURLToPath } = require('node:url');",
     'try {',
     '  const m = { exports: {} };',
-    `  process.dlopen(m, fileURLToPath(new URL(${JSON.stringify(specifier(outDir, native.file))}, ${baseUrl})));`,
-    `  if (m.exports.version !== ${JSON.stringify(native.version)}) throw new Error('another koffi version');`,
+    `  process.dlopen(m, fileURLToPath(new URL(${JSON.stringify(specifier(outDir, n.file))}, ${baseUrl})));`,
+    `  ${n.check}`,
     '  module.exports = m.exports;',
     '} catch {',
-    "  module.exports = require('koffi');",
+    `  module.exports = require(${JSON.stringify(n.pkg)});`,
     '}',
   ].join('\n');
+}
+
+/** koffi, loaded directly while its file is the version the bundle was built with. */
+export function koffiDirect(native: KoffiNative): DirectNative {
+  return { pkg: 'koffi', file: native.file, check: `if (m.exports.version !== ${JSON.stringify(native.version)}) throw new Error('another koffi version');`, named: [] };
+}
+
+/** The module that stands for 'koffi' inside a bundle written to `outDir`. */
+export function koffiShim(outDir: string, native: KoffiNative): string {
+  return nativeShim(outDir, koffiDirect(native));
+}
+
+/** The native module lz4-napi loads on this machine (undefined: leave lz4-napi to its package). */
+export interface Lz4Native {
+  file: string;
+}
+
+/** What Lifeboat calls in lz4-napi (blob.ts): a native module without them is not the one to load. */
+const LZ4_FUNCTIONS = ['compressSync', 'uncompressSync'];
+
+export function findLz4Native(): Lz4Native | undefined {
+  try {
+    const require = createRequire(import.meta.url);
+    // The package entry loads its platform package's .node file (napi-rs: @antoniomuso/lz4-napi-PLATFORM).
+    require('lz4-napi');
+    const file = Object.keys(require.cache).find((k) => k.endsWith('.node') && k.includes(`${sep}lz4-napi`));
+    return file ? { file } : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** lz4-napi, loaded directly while its file exports what Lifeboat calls. */
+export function lz4Direct(native: Lz4Native): DirectNative {
+  return {
+    pkg: 'lz4-napi',
+    file: native.file,
+    check: `for (const f of ${JSON.stringify(LZ4_FUNCTIONS)}) if (typeof m.exports[f] !== 'function') throw new Error('another lz4-napi');`,
+    named: LZ4_FUNCTIONS,
+  };
+}
+
+/** The module that stands for 'lz4-napi' inside a bundle written to `outDir`. */
+export function lz4Shim(outDir: string, native: Lz4Native): string {
+  return nativeShim(outDir, lz4Direct(native));
 }
 
 const SHARED_NAMESPACE = 'lifeboat-shared';
@@ -190,18 +254,16 @@ interface PluginOptions {
   script?: boolean;
 }
 
-function plugin(root: string, outDir: string, target: Target, koffi: KoffiNative | undefined, o: PluginOptions = {}): Plugin {
+function plugin(root: string, outDir: string, target: Target, natives: readonly DirectNative[], o: PluginOptions = {}): Plugin {
   const metaUrl = o.script ? URL_ARG : 'import.meta.url';
   return {
     name: 'lifeboat-in-place',
     setup(build) {
-      if (koffi) {
-        build.onResolve({ filter: /^koffi$/ }, (a) => (a.namespace === KOFFI_NAMESPACE ? { path: 'koffi', external: true } : { path: 'koffi', namespace: KOFFI_NAMESPACE }));
-        build.onLoad({ filter: /.*/, namespace: KOFFI_NAMESPACE }, () => ({
-          contents: o.script ? koffiShimCjs(outDir, koffi, URL_ARG) : koffiShim(outDir, koffi),
-          loader: 'js',
-          resolveDir: outDir,
-        }));
+      for (const n of natives) {
+        const namespace = `lifeboat-${n.pkg}`;
+        // The shim's own fallback import of the package stays external.
+        build.onResolve({ filter: new RegExp(`^${n.pkg.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`) }, (a) => (a.namespace === namespace ? { path: n.pkg, external: true } : { path: n.pkg, namespace }));
+        build.onLoad({ filter: /.*/, namespace }, () => ({ contents: o.script ? nativeShimCjs(outDir, n, URL_ARG) : nativeShim(outDir, n), loader: 'js', resolveDir: outDir }));
       }
       if (o.script) {
         build.onLoad({ filter: /.*/, namespace: SHARED_NAMESPACE }, (a) => ({ contents: `module.exports = ${SHARED_ARG}[${JSON.stringify(a.path)}];`, loader: 'js' }));
@@ -248,7 +310,7 @@ const ESBUILD_COMMON = {
   write: false,
 } as const;
 
-async function bundle(esbuild: Esbuild, root: string, target: Target, koffi: KoffiNative | undefined): Promise<string> {
+async function bundle(esbuild: Esbuild, root: string, target: Target, natives: readonly DirectNative[]): Promise<string> {
   const entry = join(root, target.entry);
   if (!existsSync(entry)) throw new Error(`${entry} does not exist: run tsc first`);
   if (isBundled(entry)) return `${target.entry}: already bundled (run tsc, then this script, to rebuild it)`;
@@ -262,7 +324,7 @@ async function bundle(esbuild: Esbuild, root: string, target: Target, koffi: Kof
     outdir: outDir,
     entryNames: '[name]',
     ...(target.chunks ? { splitting: true, chunkNames: target.chunks } : {}),
-    plugins: [plugin(root, outDir, target, koffi)],
+    plugins: [plugin(root, outDir, target, natives)],
   });
   if (target.chunks) {
     const stale = new RegExp(`^${target.chunks.replace('[hash]', '[A-Z0-9]+')}\\.js(\\.map)?$`);
@@ -303,7 +365,7 @@ function importsAsRequires(statement: string): string | null {
  * same code as the ES module bundle; its top-level awaits run inside an async function, compiled with
  * V8's code cache.
  */
-async function bundleWorkerCjs(esbuild: Esbuild, root: string, koffi: KoffiNative | undefined): Promise<() => string> {
+async function bundleWorkerCjs(esbuild: Esbuild, root: string, natives: readonly DirectNative[]): Promise<() => string> {
   const entry = join(root, VCPU_WORKER);
   if (!existsSync(entry)) throw new Error(`${entry} does not exist: run tsc first`);
   if (isBundled(entry)) return () => `${VCPU_WORKER_CJS}: kept (${VCPU_WORKER} is bundled already)`;
@@ -313,7 +375,7 @@ async function bundleWorkerCjs(esbuild: Esbuild, root: string, koffi: KoffiNativ
     entryPoints: [entry],
     format: 'esm',
     outdir: outDir,
-    plugins: [plugin(root, outDir, { entry: VCPU_WORKER }, koffi, { script: true })],
+    plugins: [plugin(root, outDir, { entry: VCPU_WORKER }, natives, { script: true })],
   });
   const code = result.outputFiles.find((f) => f.path.endsWith('.js'))?.text;
   if (code === undefined) throw new Error('esbuild wrote no vCPU worker');
@@ -439,7 +501,7 @@ function vmStartupLoader(loaderDir: string, root: string, cacheFile: string): st
 }
 
 /** `vm run` and `vm restore` as one CommonJS script for V8's code cache, and its loader (see the header). */
-async function bundleVmStartup(esbuild: Esbuild, root: string, koffi: KoffiNative | undefined): Promise<string> {
+async function bundleVmStartup(esbuild: Esbuild, root: string, natives: readonly DirectNative[]): Promise<string> {
   const commandsDir = join(root, 'src', 'cli', 'commands');
   for (const c of VM_STARTUP_COMMANDS) if (!existsSync(join(commandsDir, c.file))) throw new Error(`${join(commandsDir, c.file)} does not exist: run tsc first`);
   const scriptFile = join(root, VM_STARTUP_SCRIPT);
@@ -454,7 +516,7 @@ async function bundleVmStartup(esbuild: Esbuild, root: string, koffi: KoffiNativ
     ...ESBUILD_COMMON,
     format: 'cjs',
     outfile: scriptFile,
-    plugins: [plugin(root, outDir, { entry: VM_STARTUP_SCRIPT, keepOut: (p) => shared.has(p) }, koffi, { script: true })],
+    plugins: [plugin(root, outDir, { entry: VM_STARTUP_SCRIPT, keepOut: (p) => shared.has(p) }, natives, { script: true })],
   });
   const code = result.outputFiles.find((f) => f.path === scriptFile)?.text;
   if (code === undefined) throw new Error('esbuild wrote no vm start-up script');
@@ -473,11 +535,14 @@ async function main(): Promise<void> {
   const esbuild = await loadEsbuild();
   const koffi = findKoffiNative();
   if (!koffi) process.stdout.write("bundle: koffi's native module not found: bundles load koffi through its package\n");
+  const lz4 = findLz4Native();
+  if (!lz4) process.stdout.write("bundle: lz4-napi's native module not found: bundles load lz4-napi through its package\n");
+  const natives = [...(koffi ? [koffiDirect(koffi)] : []), ...(lz4 ? [lz4Direct(lz4)] : [])];
   // Built before the worker's ES module bundle replaces its tsc output.
-  const writeWorkerCjs = await bundleWorkerCjs(esbuild, root, koffi);
-  for (const t of targets(root)) process.stdout.write(`bundle: ${await bundle(esbuild, root, t, koffi)}\n`);
+  const writeWorkerCjs = await bundleWorkerCjs(esbuild, root, natives);
+  for (const t of targets(root)) process.stdout.write(`bundle: ${await bundle(esbuild, root, t, natives)}\n`);
   process.stdout.write(`bundle: ${writeWorkerCjs()}\n`);
-  process.stdout.write(`bundle: ${await bundleVmStartup(esbuild, root, koffi)}\n`);
+  process.stdout.write(`bundle: ${await bundleVmStartup(esbuild, root, natives)}\n`);
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
