@@ -22,6 +22,11 @@ export interface Target {
   readonly description: string;
   /** Durable when the promise resolves (fsync on local disks; a completed request on S3). */
   put(key: string, body: Buffer, options?: PutOptions): Promise<void>;
+  /**
+   * put() of the bytes of `parts`, one after the other: a pack goes out from its blobs' own buffers
+   * (a local target writes them with one writev; others may join them first).
+   */
+  putParts(key: string, parts: readonly Uint8Array[], options?: PutOptions): Promise<void>;
   /** Throws NotFoundError when the key is absent. */
   get(key: string, range?: ByteRange): Promise<Buffer>;
   /** null when the key is absent. */

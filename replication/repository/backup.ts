@@ -9,12 +9,13 @@
 
 import { open, type FileHandle } from 'node:fs/promises';
 import type { ChunkIndex } from './chunk-index.js';
-import { ChangeBitmapError, granuleCount, markDirtyChunks, type ChangeBitmap } from './change-bitmap.js';
+import { ChangeBitmapError, dirtyChunks, granuleCount, type ChangeBitmap } from './change-bitmap.js';
 import { Semaphore } from './concurrency.js';
 import { readCondemned } from './condemned.js';
 import { BlobType, CHUNK_ID_BYTES, MAP_PAGE_CELLS, MAX_EXTENTS_PER_CELL } from './constants.js';
 import { ExtentMapBuilder, encodeMapPages, type ExtentMap } from './extent-map.js';
 import { InputError, PointNotFoundError, RepositoryError } from './errors.js';
+import { MAP_EXTENT } from './layout.js';
 import { Lease } from './leases.js';
 import {
   imageMapKey,
@@ -117,25 +118,12 @@ function tracer(started: number): (phase: string) => void {
 
 /** Chunks are read and handed to workers in batches of about this many bytes. */
 const BATCH_BYTES = 4 * 1024 * 1024;
-/** Room beyond the pack size in a reused pack buffer: the last blob, the pack index and the trailer. */
-const PACK_BODY_SLACK = 2 * 1024 * 1024;
 /**
  * Up to this many bytes to read, this thread hashes and seals batches itself instead of starting its
  * last worker: an incremental of a few percent of a disk is done before a worker would have loaded
  * (measured: docs/benchmarks.md, "Repository (issue 5)").
  */
 const LOCAL_LANE_MAX_BYTES = 256 * 1024 * 1024;
-
-/** A reused pack body: a full pack and its index fit in it. */
-function packBodyBytes(repo: Repository): number {
-  return repo.packSize + PACK_BODY_SLACK;
-}
-
-/**
- * Pack bodies a worker touches while the index loads and the plan is made (it has nothing else to do
- * then): what an incremental of a few percent of a disk fills, with UPLOAD_CONCURRENCY packs uploading.
- */
-const PREPARED_PACK_BODIES = 3;
 
 /** Workers a backup with `lanes` lanes starts before it knows how much it will read. */
 export function earlyWorkerCount(lanes: number): number {
@@ -164,6 +152,8 @@ interface ImagePlan {
   cells: number;
   mode: ImageMode;
   cellAction: Uint8Array;
+  /** The cells whose action is not Copy, in image order (every cell without a parent map). */
+  acted: number[];
   /** Pieces to read, in image order: whole cells, or runs of changed granules inside one cell. */
   piecePos: number[];
   pieceLen: number[];
@@ -175,6 +165,16 @@ interface ImagePlan {
   /** The parent's extents (for Copy and Splice cells), and the parent image they map. */
   parentMap: ExtentMap | null;
   parentImage: ImageEntry | null;
+  /** Per extent of the parent map: the number of the index's pack holding its blob (-1: none; -2: zeros). */
+  parentPacks: Int32Array | null;
+  /**
+   * Per pack number: the parent's extents the new map takes from the pack, whole (Copy cells) or in
+   * part (spliced cells, counted as the map is assembled). The packs the point needs are these and
+   * those of the pieces read.
+   */
+  packUses: Uint32Array | null;
+  /** The parent's extents the new map takes over as they are (they count as reused, or zero). */
+  copied: { zero: number; data: number };
   /** The new point's extents: assembled while the pieces are read, finished once all are. */
   assembler: MapAssembler | null;
   map: ExtentMap | null;
@@ -197,8 +197,6 @@ class BackupRun {
   private readonly uploading = new Set<Promise<void>>();
   private dataPack: PackBuilder;
   private metaPack: PackBuilder;
-  /** Pack bodies whose upload has finished, to lay out the next packs in. */
-  private readonly spareBodies: Buffer[] = [];
   /** Ids being written in this run but not yet durable. */
   private readonly inFlight = new Set<string>();
   private failure: unknown = null;
@@ -224,11 +222,6 @@ class BackupRun {
     this.metaPack = new PackBuilder();
   }
 
-  /** Pack bodies made ready by a worker meanwhile (see ChunkWorkers.touchedBuffers). */
-  addSpareBodies(bodies: Buffer[]): void {
-    this.spareBodies.push(...bodies);
-  }
-
   /** Resolves once no upload of this run is in flight. */
   async settled(): Promise<void> {
     await Promise.allSettled([...this.uploading]);
@@ -250,23 +243,19 @@ class BackupRun {
   private async flush(builder: PackBuilder): Promise<void> {
     if (builder.count === 0) return;
     await this.uploads.acquire();
-    const size = builder.finishedSize(this.repo.sealer);
-    let body = this.spareBodies.pop();
-    if (!body || body.length < size) body = Buffer.allocUnsafeSlow(Math.max(size, packBodyBytes(this.repo)));
-    const pack: FinishedPack = builder.finish(this.repo.sealer, body);
+    // The pack goes to the target from its blobs' own buffers (Target.putParts): no body is laid out.
+    const pack: FinishedPack = builder.finish(this.repo.sealer);
     const upload = (async () => {
       try {
         await this.repo.writePack(pack);
         this.index.addPack(pack.contents);
         for (const e of pack.contents.entries) this.inFlight.delete(e.id.toString('latin1'));
-        this.bytesAdded += pack.body.length + pack.indexObject.length;
+        this.bytesAdded += pack.size + pack.indexObject.length;
         this.packsWritten++;
         this.progress();
       } catch (err) {
         this.failure ??= err;
       } finally {
-        // The target is done with the body once put has settled: the buffer serves the next pack.
-        this.spareBodies.push(body);
         this.uploads.release();
       }
     })();
@@ -484,6 +473,7 @@ function addPiece(plan: ImagePlan, position: number, length: number, joinable: b
 /** Cell c is read whole: one piece, one chunk, one extent. */
 function wholeCell(plan: ImagePlan, c: number, chunkSize: number): void {
   plan.cellAction[c] = CellAction.Whole;
+  plan.acted.push(c);
   addPiece(plan, c * chunkSize, Math.min(chunkSize, plan.size - c * chunkSize), false);
 }
 
@@ -495,10 +485,16 @@ function changedRuns(bitmap: ChangeBitmap, c: number, chunkSize: number, size: n
   const g = bitmap.granularity;
   const cellStart = c * chunkSize;
   const cellEnd = Math.min(size, cellStart + chunkSize);
-  const count = granuleCount(bitmap.diskSize, g);
+  const bits = bitmap.bits;
+  const stop = Math.min(granuleCount(bitmap.diskSize, g), Math.ceil(cellEnd / g));
   const runs: [number, number][] = [];
-  for (let gr = cellStart / g; gr < count && gr * g < cellEnd; gr++) {
-    if (!(bitmap.bits[gr >> 3] & (1 << (gr & 7)))) continue;
+  for (let gr = cellStart / g; gr < stop; gr++) {
+    // Eight granules at a time where the bitmap's byte is zero (most of a cell is unchanged).
+    if ((gr & 7) === 0 && gr + 8 <= stop && bits[gr >> 3] === 0) {
+      gr += 7;
+      continue;
+    }
+    if (!(bits[gr >> 3] & (1 << (gr & 7)))) continue;
     const start = gr * g;
     const end = Math.min(cellEnd, start + g);
     const last = runs[runs.length - 1];
@@ -522,6 +518,11 @@ function overlapping(parent: ExtentMap, c: number, a: number, b: number): number
 
 /** Extents cell c ([cellStart, cellEnd)) would hold with `runs` spliced into the parent's extents of the cell. */
 function splicedCount(parent: ExtentMap, c: number, runs: [number, number][], cellStart: number, cellEnd: number): number {
+  if (parent.cellFirst[c + 1] === parent.cellFirst[c] + 1) {
+    // One extent covers the cell (as in a full backup): it shows in every gap that is not empty, and
+    // the gaps between runs never are.
+    return 2 * runs.length - 1 + (runs[0][0] > cellStart ? 1 : 0) + (runs[runs.length - 1][1] < cellEnd ? 1 : 0);
+  }
   // Each run, and the parent's extents overlapping each gap between runs (and before the first, after the last).
   let n = runs.length + overlapping(parent, c, cellStart, runs[0][0]) + overlapping(parent, c, runs[runs.length - 1][1], cellEnd);
   for (let i = 1; i < runs.length; i++) n += overlapping(parent, c, runs[i - 1][1], runs[i][0]);
@@ -559,12 +560,36 @@ function fittedRuns(parent: ExtentMap, c: number, runs: [number, number][], cell
   return runs.length === 1 && runs[0][0] === cellStart && runs[0][1] === cellEnd ? null : runs;
 }
 
-/** A cell's extents in the parent all have their blob in the index (zeros need none). */
-function cellReusable(parent: ExtentMap, c: number, index: ChunkIndex): boolean {
-  for (let k = parent.cellFirst[c]; k < parent.cellFirst[c + 1]; k++) {
-    if (!parent.isZero(k) && !index.hasAt(parent.records, parent.idAt(k))) return false;
+/**
+ * The cells holding an extent whose blob the index does not hold (packs[k] === -1: its pack is gone or
+ * condemned), in image order.
+ */
+function cellsMissingBlobs(parent: ExtentMap, packs: Int32Array): number[] {
+  const cells: number[] = [];
+  for (let k = 0, n = packs.length; k < n; k++) {
+    if (packs[k] !== -1) continue;
+    const c = Math.floor(parent.positions[k] / parent.chunkSize);
+    if (cells[cells.length - 1] !== c) cells.push(c);
   }
-  return true;
+  return cells;
+}
+
+/**
+ * Takes the parent's extents of cell c off packUses and plan.copied (the cell is not copied as it is).
+ */
+function dropParentCell(plan: ImagePlan, c: number): void {
+  const parent = plan.parentMap!;
+  const packs = plan.parentPacks!;
+  const uses = plan.packUses!;
+  const copied = plan.copied;
+  for (let k = parent.cellFirst[c], end = parent.cellFirst[c + 1]; k < end; k++) {
+    const n = packs[k];
+    if (n === -2) copied.zero--;
+    else {
+      copied.data--;
+      if (n >= 0) uses[n]--;
+    }
+  }
 }
 
 async function planImage(
@@ -602,6 +627,7 @@ async function planImage(
     cells,
     mode: 'full',
     cellAction: new Uint8Array(cells),
+    acted: [],
     piecePos: [],
     pieceLen: [],
     pieceJoin: [],
@@ -609,6 +635,9 @@ async function planImage(
     pieceOffsets: new Uint32Array(0),
     parentMap: null,
     parentImage: null,
+    parentPacks: null,
+    packUses: null,
+    copied: { zero: 0, data: 0 },
     assembler: null,
     map: null,
     trackingEpoch: bitmap?.epoch ?? null,
@@ -643,21 +672,34 @@ async function planImage(
   const parent = await repo.readExtentMap(parentImage, index, parentContext);
   plan.parentMap = parent;
   plan.parentImage = parentImage;
-  const dirty = new Uint8Array(cells);
-  markDirtyChunks(bitmap, cs, dirty);
+  // Where each of the parent's extents' blob is, looked up once for the whole map.
+  const packs = new Int32Array(parent.count);
+  const uses = new Uint32Array(index.packCount);
+  index.packNumbersAt(parent.records, MAP_EXTENT.id, MAP_EXTENT.size, parent.zeros, packs, uses);
+  plan.parentPacks = packs;
+  plan.packUses = uses;
   // A resized disk: every cell from the first one whose extent changed is read whole.
   const firstChanged = size === parentImage.size ? cells : Math.floor(Math.min(size, parentImage.size) / cs);
   // Granules finer than the chunk grid: only the changed runs are read (an image holding only the
   // changed blocks never gets here: its granules are at least a chunk, see changedOnlyUnusable).
   const fine = bitmap.granularity < cs && !bitmap.changedOnly;
-  for (let c = 0; c < firstChanged; c++) {
-    // A cell whose parent extents name a blob the index no longer holds (its pack is gone or
-    // condemned) is read again, whole.
-    const reusable = cellReusable(parent, c, index);
-    if (!dirty[c]) {
-      if (!reusable) wholeCell(plan, c, cs); // else CellAction.Copy
+  // Only the cells the bitmap marks and those naming a blob the index no longer holds (its pack is
+  // gone or condemned; such a cell is read again, whole) are visited: every other cell takes the
+  // parent's extents as they are (CellAction.Copy).
+  const dirty = dirtyChunks(bitmap, cs);
+  const unusable = cellsMissingBlobs(parent, packs);
+  for (let d = 0, u = 0; ; ) {
+    const dc = d < dirty.length ? dirty[d] : Infinity;
+    const uc = u < unusable.length ? unusable[u] : Infinity;
+    const c = Math.min(dc, uc);
+    if (c >= firstChanged) break;
+    const reusable = uc !== c;
+    if (!reusable) u++;
+    if (dc !== c) {
+      wholeCell(plan, c, cs);
       continue;
     }
+    d++;
     const changed = fine && reusable ? changedRuns(bitmap, c, cs, size) : null;
     const runs = changed && fittedRuns(parent, c, changed, c * cs, Math.min(size, (c + 1) * cs));
     if (!runs) {
@@ -665,9 +707,16 @@ async function planImage(
       continue;
     }
     plan.cellAction[c] = CellAction.Splice;
-    for (const [a, b] of runs) addPiece(plan, a, b - a, true);
+    plan.acted.push(c);
+    for (let r = 0; r < runs.length; r++) addPiece(plan, runs[r][0], runs[r][1] - runs[r][0], true);
   }
   for (let c = firstChanged; c < cells; c++) wholeCell(plan, c, cs);
+  // What is taken over from the parent: its counts (checked against its map when it was read) less
+  // those of the cells not copied, which are few.
+  plan.copied = { zero: parentImage.zeroExtents, data: parentImage.extents - parentImage.zeroExtents };
+  const parentCells = parent.cells;
+  for (const c of plan.acted) if (c < parentCells) dropParentCell(plan, c);
+  for (let c = cells; c < parentCells; c++) dropParentCell(plan, c);
   return finish();
 }
 
@@ -678,9 +727,10 @@ async function planImage(
  */
 class MapAssembler {
   private readonly b: ExtentMapBuilder;
-  /** The next cell to assemble, and its first piece. */
+  /** The next cell to assemble, its first piece, and the next entry of plan.acted. */
   private c = 0;
   private i = 0;
+  private a = 0;
 
   constructor(
     private readonly plan: ImagePlan,
@@ -693,16 +743,16 @@ class MapAssembler {
   advance(pieces: number): void {
     const { plan, b, chunkSize } = this;
     const parent = plan.parentMap;
+    const acted = plan.acted;
     while (this.c < plan.cells) {
       const c = this.c;
-      const action = plan.cellAction[c];
-      if (action === CellAction.Copy) {
-        let end = c + 1;
-        while (end < plan.cells && plan.cellAction[end] === CellAction.Copy) end++;
-        b.copyCells(parent!, c, end);
-        this.c = end;
+      const next = this.a < acted.length ? acted[this.a] : plan.cells;
+      if (c < next) {
+        b.copyCells(parent!, c, next);
+        this.c = next;
         continue;
       }
+      const action = plan.cellAction[c];
       const cellEnd = Math.min(plan.size, (c + 1) * chunkSize);
       let last = this.i + 1;
       if (action === CellAction.Splice) while (last < plan.piecePos.length && plan.piecePos[last] < cellEnd) last++;
@@ -719,6 +769,7 @@ class MapAssembler {
         this.parentRange(c, cursor, cellEnd);
       }
       this.i = last;
+      this.a++;
       this.c = c + 1;
     }
   }
@@ -736,13 +787,18 @@ class MapAssembler {
   /** The parent's bytes [a, end) of cell c, as slices of its extents. */
   private parentRange(c: number, a: number, end: number): void {
     const parent = this.plan.parentMap!;
+    const packs = this.plan.parentPacks!;
+    const uses = this.plan.packUses!;
     for (let k = parent.cellFirst[c]; k < parent.cellFirst[c + 1]; k++) {
       const p = parent.positions[k];
       const lo = Math.max(a, p);
       const hi = Math.min(end, p + parent.lengths[k]);
       if (lo >= hi) continue;
       if (parent.isZero(k)) this.b.addAt(null, 0, 0, hi - lo);
-      else this.b.addAt(parent.records, parent.idAt(k), parent.offsets[k] + (lo - p), hi - lo);
+      else {
+        this.b.addAt(parent.records, parent.idAt(k), parent.offsets[k] + (lo - p), hi - lo);
+        if (packs[k] >= 0) uses[packs[k]]++;
+      }
     }
   }
 }
@@ -760,17 +816,16 @@ async function checkPacksStillThere(repo: Repository, index: ChunkIndex, plans: 
     if (!pack) throw new RepositoryError(`internal: chunk ${Buffer.from(bytes.subarray(at, at + CHUNK_ID_BYTES)).toString('hex')} of this backup is in no pack`);
     needed.add(pack);
   };
+  // A point's extents are the parent's (their packs counted in packUses) and the pieces read.
   for (const p of plans) {
-    const map = p.map!;
-    const zeros = map.zeros;
-    // Neighbouring extents mostly name the same blob (a cell spliced, cells of one chunk): looked up once.
-    let last = -1;
-    for (let k = 0, n = map.count; k < n; k++) {
-      if (zeros[k] === 1) continue;
-      const at = map.idAt(k);
-      if (last >= 0 && sameIdAt(map.records, last, at)) continue;
-      need(map.records, at);
-      last = at;
+    const uses = p.packUses;
+    if (uses) for (let n = 0; n < uses.length; n++) if (uses[n] > 0) needed.add(index.packIdOf(n));
+    const ids = p.pieceIds;
+    const offsets = p.pieceOffsets;
+    // A piece that does not start its chunk (runs joined into one) is in the chunk of an earlier piece
+    // that does: only those are looked up.
+    for (let i = 0, at = 0, n = p.piecePos.length; i < n; i++, at += CHUNK_ID_BYTES) {
+      if (offsets[i] === 0 && !isZeroId(ids, at)) need(ids, at);
     }
   }
   for (const img of images) for (const page of img.pages) need(Buffer.from(page, 'hex'), 0);
@@ -783,41 +838,15 @@ async function checkPacksStillThere(repo: Repository, index: ChunkIndex, plans: 
   }
 }
 
-function sameIdAt(records: Buffer, a: number, b: number): boolean {
-  for (let i = 0; i < CHUNK_ID_BYTES; i++) if (records[a + i] !== records[b + i]) return false;
+/** The id at bytes[at, at + 32) is the zero id (a piece of zeros). */
+function isZeroId(bytes: Buffer, at: number): boolean {
+  for (let i = 0; i < CHUNK_ID_BYTES; i++) if (bytes[at + i] !== 0) return false;
   return true;
-}
-
-/**
- * Extents a plan takes from the parent as they are (they count as reused, or zero): the parent's
- * counts (checked against its map when it was read) less those of the cells not copied, which are few.
- */
-function copiedExtents(plan: ImagePlan): { zero: number; data: number } {
-  const parent = plan.parentMap;
-  const image = plan.parentImage;
-  if (!parent || !image) return { zero: 0, data: 0 };
-  let zero = image.zeroExtents;
-  let data = image.extents - image.zeroExtents;
-  const drop = (c: number) => {
-    for (let k = parent.cellFirst[c]; k < parent.cellFirst[c + 1]; k++) {
-      if (parent.zeros[k] === 1) zero--;
-      else data--;
-    }
-  };
-  const shared = Math.min(plan.cells, parent.cells);
-  for (let c = 0; c < shared; c++) if (plan.cellAction[c] !== CellAction.Copy) drop(c);
-  for (let c = shared; c < parent.cells; c++) drop(c);
-  return { zero, data };
 }
 
 /** The cells of a plan that do not take the parent's extents as they are. */
 function cellsNotCopied(plan: ImagePlan): Uint32Array {
-  let n = 0;
-  for (let c = 0; c < plan.cells; c++) if (plan.cellAction[c] !== CellAction.Copy) n++;
-  const cells = new Uint32Array(n);
-  n = 0;
-  for (let c = 0; c < plan.cells; c++) if (plan.cellAction[c] !== CellAction.Copy) cells[n++] = c;
-  return cells;
+  return Uint32Array.from(plan.acted);
 }
 
 function bytesToRead(plan: ImagePlan): number {
@@ -844,7 +873,6 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
   // start early; the last becomes a worker or, for a small job, this thread (see planned below).
   const lanes = options.workers ?? defaultWorkerCount();
   const workers = (options.workerPool ?? new ChunkWorkers(undefined, null, earlyWorkerCount(lanes))).configure(repo.keys, repo.compressionQuality);
-  const preparedBodies = workers.touchedBuffers(PREPARED_PACK_BODIES, packBodyBytes(repo)).catch(() => null);
   const plans: ImagePlan[] = [];
   let run: BackupRun | null = null;
   let lease: Lease | null = null;
@@ -873,13 +901,10 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     else workers.grow(lanes);
     trace(`planned (${workers.size} lanes)`);
     run = new BackupRun(repo, index, options, workers);
-    const packing = run;
-    void preparedBodies.then((bodies) => bodies && packing.addSpareBodies(bodies));
     run.bytesTotal = bytesTotal;
     for (const p of plans) {
-      const copied = copiedExtents(p);
-      run.zeroChunks += copied.zero;
-      run.chunksReused += copied.data;
+      run.zeroChunks += p.copied.zero;
+      run.chunksReused += p.copied.data;
     }
     await run.readImages(plans);
     await run.flushData();

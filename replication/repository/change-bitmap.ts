@@ -91,18 +91,48 @@ export function changeBitmapFromRanges(diskSize: number, granularity: number, ra
 
 /** Marks in `dirty` (one byte per chunk) every chunk that overlaps a set granule. */
 export function markDirtyChunks(bitmap: ChangeBitmap, chunkSize: number, dirty: Uint8Array): void {
+  for (const c of dirtyChunks(bitmap, chunkSize)) if (c < dirty.length) dirty[c] = 1;
+}
+
+/** The chunks (of `chunkSize` bytes) that overlap a set granule, in ascending order, each once. */
+export function dirtyChunks(bitmap: ChangeBitmap, chunkSize: number): Uint32Array {
   const count = granuleCount(bitmap.diskSize, bitmap.granularity);
-  for (let byte = 0; byte < bitmap.bits.length; byte++) {
-    const v = bitmap.bits[byte];
-    if (v === 0) continue;
+  const chunks = Math.ceil(bitmap.diskSize / chunkSize);
+  const bits = bitmap.bits;
+  const granularity = bitmap.granularity;
+  let out = new Uint32Array(64);
+  let n = 0;
+  const add = (byte: number, v: number): void => {
     for (let bit = 0; bit < 8; bit++) {
       if (!(v & (1 << bit))) continue;
       const g = byte * 8 + bit;
       if (g >= count) break;
-      const start = g * bitmap.granularity;
-      const end = Math.min(bitmap.diskSize, start + bitmap.granularity);
-      const lastChunk = Math.min(dirty.length - 1, Math.floor((end - 1) / chunkSize));
-      for (let c = Math.floor(start / chunkSize); c <= lastChunk; c++) dirty[c] = 1;
+      const start = g * granularity;
+      const end = Math.min(bitmap.diskSize, start + granularity);
+      const lastChunk = Math.min(chunks - 1, Math.floor((end - 1) / chunkSize));
+      let c = Math.floor(start / chunkSize);
+      if (n > 0 && out[n - 1] >= c) c = out[n - 1] + 1;
+      for (; c <= lastChunk; c++) {
+        if (n === out.length) {
+          const grown = new Uint32Array(out.length * 2);
+          grown.set(out);
+          out = grown;
+        }
+        out[n++] = c;
+      }
     }
+  };
+  // Most of a bitmap is zero: one test per 32-bit word (per byte before the first aligned word and
+  // after the last), then the bits of the few bytes that are not zero.
+  const bytes = Math.min(bits.length, Math.ceil(count / 8));
+  const head = Math.min(bytes, (4 - (bits.byteOffset % 4)) % 4);
+  const words = new Uint32Array(bits.buffer, bits.byteOffset + head, (bytes - head) >>> 2);
+  const tail = head + words.length * 4;
+  for (let byte = 0; byte < head; byte++) if (bits[byte] !== 0) add(byte, bits[byte]);
+  for (let w = 0, nw = words.length; w < nw; w++) {
+    if (words[w] === 0) continue;
+    for (let byte = head + 4 * w, last = byte + 4; byte < last; byte++) if (bits[byte] !== 0) add(byte, bits[byte]);
   }
+  for (let byte = tail; byte < bytes; byte++) if (bits[byte] !== 0) add(byte, bits[byte]);
+  return out.subarray(0, n);
 }

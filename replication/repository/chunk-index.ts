@@ -239,6 +239,55 @@ export class ChunkIndex {
     return this.table[this.probe(bytes, at)] !== EMPTY;
   }
 
+  /** Packs the index has numbered (see packNumbersAt). */
+  get packCount(): number {
+    return this.packIds.length;
+  }
+
+  /** The pack with number n (see packNumbersAt). */
+  packIdOf(n: number): string {
+    return this.packIds[n];
+  }
+
+  /**
+   * For each of the ids at bytes[first + k * stride, + 32), k < out.length, whose skip[k] is not 1: the
+   * number of the pack holding it (packIdOf names it), or -1 when the index does not hold it; each such
+   * pack's count in `counts` (indexed by pack number) goes up by one. Entries skipped are -2. One loop
+   * for an extent map's tens of thousands of records: it runs once per command, mostly before the JIT
+   * has optimised anything, so the probe is written out here instead of called per id.
+   */
+  packNumbersAt(bytes: Uint8Array, first: number, stride: number, skip: Uint8Array, out: Int32Array, counts: Uint32Array): void {
+    const table = this.table;
+    const mask = this.mask;
+    const seed = this.seed;
+    const ids = this.idBytes;
+    const packOfSlot = this.pack;
+    for (let k = 0, at = first, n = out.length; k < n; k++, at += stride) {
+      if (skip[k] === 1) {
+        out[k] = -2;
+        continue;
+      }
+      const w = (bytes[at] | (bytes[at + 1] << 8) | (bytes[at + 2] << 16) | (bytes[at + 3] << 24)) ^ seed;
+      const v = (bytes[at + 4] | (bytes[at + 5] << 8) | (bytes[at + 6] << 16) | (bytes[at + 7] << 24)) + seed;
+      let i = (Math.imul(w ^ (w >>> 15), 0x2c1b3c6d) ^ Math.imul(v ^ (v >>> 13), 0x297a2d39)) & mask;
+      let found = -1;
+      for (;;) {
+        const s = table[i];
+        if (s === EMPTY) break;
+        const base = s * CHUNK_ID_BYTES;
+        let b = 0;
+        while (b < CHUNK_ID_BYTES && ids[base + b] === bytes[at + b]) b++;
+        if (b === CHUNK_ID_BYTES) {
+          found = packOfSlot[s];
+          break;
+        }
+        i = (i + 1) & mask;
+      }
+      out[k] = found;
+      if (found >= 0) counts[found]++;
+    }
+  }
+
   /** packOf() for the id at bytes[at..at+32). */
   packOfAt(bytes: Uint8Array, at: number): string | undefined {
     const s = this.table[this.probe(bytes, at)];

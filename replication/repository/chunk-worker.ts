@@ -94,11 +94,6 @@ export function chunkWork(initial: WorkerData): (req: WorkerRequest) => { reply:
         configure(req.config);
         return { reply: { task: req.task, op: 'configure' }, transfer: [] };
       }
-      case 'buffers': {
-        // Touched here, so that the thread that fills them later takes no page fault per 4 KiB.
-        const buffers = Array.from({ length: req.count }, () => Buffer.allocUnsafeSlow(req.bytes).fill(0).buffer as ArrayBuffer);
-        return { reply: { task: req.task, op: 'buffers', buffers }, transfer: buffers };
-      }
       case 'read-hash': {
         const total = req.lengths.reduce((a, b) => a + b, 0);
         const buf = takeBuffer(total);

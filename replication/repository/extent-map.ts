@@ -25,9 +25,15 @@ export function cellCount(image: ExtentMapShape): number {
 /** Typed arrays read this host's byte order; the records are little-endian. */
 const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
 
-/** The 32-byte id starting at word w is all zero. */
-function isZeroWords(words: Uint32Array, w: number): boolean {
-  return (words[w] | words[w + 1] | words[w + 2] | words[w + 3] | words[w + 4] | words[w + 5] | words[w + 6] | words[w + 7]) === 0;
+/**
+ * records[at, at + length) as little-endian 32-bit words: a view where the host is little-endian and
+ * the bytes aligned (a map's records always are: decodeExtentMap allocates them), else a copy.
+ */
+function recordWords(records: Buffer, at: number, length: number): Uint32Array {
+  if (LITTLE_ENDIAN && (records.byteOffset + at) % 4 === 0) return new Uint32Array(records.buffer, records.byteOffset + at, length >>> 2);
+  const words = new Uint32Array(length >>> 2);
+  for (let i = 0; i < words.length; i++) words[i] = records.readUInt32LE(at + 4 * i);
+  return words;
 }
 
 function zeroAt(records: Uint8Array, at: number): boolean {
@@ -50,6 +56,8 @@ export class ExtentMap {
     readonly cellFirst: Uint32Array,
     /** 1 for an extent of zeros (the zero id), else 0: tested once, when the map is built or read. */
     readonly zeros: Uint8Array,
+    /** stats(), when whoever built the map counted them already. */
+    private readonly counted: { zeroExtents: number; dataBytes: number } | null = null,
   ) {}
 
   get count(): number {
@@ -76,6 +84,10 @@ export class ExtentMap {
 
   /** Counts for the manifest: extents with data and their bytes, and extents of zeros. */
   stats(): { extents: number; dataExtents: number; zeroExtents: number; dataBytes: number } {
+    if (this.counted) {
+      const { zeroExtents, dataBytes } = this.counted;
+      return { extents: this.count, dataExtents: this.count - zeroExtents, zeroExtents, dataBytes };
+    }
     let zeroExtents = 0;
     let dataBytes = 0;
     const zeros = this.zeros;
@@ -209,8 +221,9 @@ export class ExtentMapBuilder {
     this.offsets.set(map.offsets.subarray(from, to), this.n);
     this.lengths.set(map.lengths.subarray(from, to), this.n);
     this.zeros.set(map.zeros.subarray(from, to), this.n);
+    // The same grid: the cells' extents start at the same image offsets as in `map`.
+    this.positions.set(map.positions.subarray(from, to), this.n);
     const shift = this.n - from;
-    for (let k = from; k < to; k++) this.positions[k + shift] = map.positions[k];
     for (let c = fromCell + 1; c <= toCell; c++) this.cellFirst[c] = map.cellFirst[c] + shift;
     this.n += to - from;
     this.cell = toCell;
@@ -284,30 +297,38 @@ export function decodeExtentMap(pages: Buffer[], image: ExtentMapShape, pageCell
   const cellFirst = new Uint32Array(cells + 1);
   // The records are read from their copy, word by word: a map has tens of thousands of extents and is
   // read once per command, mostly before the JIT has optimised anything (no closure, no call per field).
-  const words = LITTLE_ENDIAN && records.byteOffset % 4 === 0 ? new Uint32Array(records.buffer, records.byteOffset, total >>> 2) : null;
-  const u32 = (at: number) => (words ? words[at >>> 2] : records.readUInt32LE(at));
   const W = E.size >>> 2;
+  const ID = E.id >>> 2;
+  const OFFSET = E.offset >>> 2;
+  const LENGTH = E.length >>> 2;
   let k = 0;
   let pos = 0;
   let cell = 0;
+  let zeroExtents = 0;
+  let dataBytes = 0;
   let cellEnd = Math.min(image.size, image.chunkSize);
   for (let i = 0; i < pages.length; i++) {
     const page = pages[i];
     if (page.length % E.size !== 0) throw new FormatError(`map page ${i} holds ${page.length} bytes, not a whole number of ${E.size}-byte extents`);
     page.copy(records, k * E.size);
+    const words = recordWords(records, k * E.size, page.length);
+    const base = k;
     const end = Math.min(image.size, Math.min(cells, (i + 1) * pageCells) * image.chunkSize);
     const last = k + page.length / E.size;
     let problem: string | null = null;
     for (; k < last; k++) {
-      const at = k * E.size;
-      const offset = u32(at + E.offset);
-      const length = u32(at + E.length);
+      const w = (k - base) * W;
+      const offset = words[w + OFFSET];
+      const length = words[w + LENGTH];
       if (length === 0) problem = 'is empty';
       else if (pos + length > end) problem = `runs past the page's last byte (${end})`;
       else if (pos + length > cellEnd) problem = `(${length} bytes) crosses the chunk-grid boundary at ${cellEnd}`;
-      else if (words ? isZeroWords(words, k * W + (E.id >>> 2)) : zeroAt(records, at + E.id)) {
+      else if ((words[w + ID] | words[w + ID + 1] | words[w + ID + 2] | words[w + ID + 3] | words[w + ID + 4] | words[w + ID + 5] | words[w + ID + 6] | words[w + ID + 7]) === 0) {
         if (offset !== 0) problem = `is zeros but has blob offset ${offset}`;
         zeros[k] = 1;
+        zeroExtents++;
+      } else {
+        dataBytes += length;
       }
       if (problem) throw new FormatError(`map page ${i}: the extent at image offset ${pos} ${problem}`);
       offsets[k] = offset;
@@ -323,5 +344,5 @@ export function decodeExtentMap(pages: Buffer[], image: ExtentMapShape, pageCell
     if (pos !== end) throw new FormatError(`map page ${i} covers the image up to ${pos}, not up to ${end}`);
   }
   if (pos !== image.size) throw new FormatError(`the extents cover ${pos} bytes of an image of ${image.size}`);
-  return new ExtentMap(image.size, image.chunkSize, records, offsets, lengths, positions, cellFirst, zeros);
+  return new ExtentMap(image.size, image.chunkSize, records, offsets, lengths, positions, cellFirst, zeros, { zeroExtents, dataBytes });
 }

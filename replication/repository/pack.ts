@@ -31,8 +31,10 @@ function packIndexAad(packId: Buffer): Buffer {
 
 export interface FinishedPack {
   packId: Buffer;
-  /** The whole pack object. */
-  body: Buffer;
+  /** The pack object is these buffers back to back (the blobs' own, then its index and trailer). */
+  parts: Buffer[];
+  /** Its bytes (contents.packSize). */
+  size: number;
   /** The index object for this pack. */
   indexObject: Buffer;
   contents: PackIndexContents;
@@ -82,16 +84,8 @@ export class PackBuilder {
     this.bytes += storedLength;
   }
 
-  /** Bytes the finished pack will take (its blobs, sealed index and trailer). */
-  finishedSize(sealer: Sealer): number {
-    return this.bytes + PACK_INDEX_HEADER.size + this.entries.length * PACK_INDEX_ENTRY.size + (sealer.encrypted ? SEAL_OVERHEAD : 0) + PACK_TRAILER.size;
-  }
-
-  /**
-   * Lays out the pack. `into`: a buffer of at least finishedSize() bytes to build the body in (a writer
-   * reuses a few such buffers: fresh memory costs a page fault per 4 KiB on first touch).
-   */
-  finish(sealer: Sealer, into?: Buffer): FinishedPack {
+  /** Lays out the pack: its blobs as they were added (not copied), then its sealed index and trailer. */
+  finish(sealer: Sealer): FinishedPack {
     const plainIndexLength = PACK_INDEX_HEADER.size + this.entries.length * PACK_INDEX_ENTRY.size;
     const storedIndexLength = plainIndexLength + (sealer.encrypted ? SEAL_OVERHEAD : 0);
     const contents: PackIndexContents = {
@@ -103,20 +97,16 @@ export class PackBuilder {
     const storedIndex = sealer.seal(encodePackIndex(contents, RECORD_VERSION), packIndexAad(this.packId));
     const indexCrc32 = zlib.crc32(storedIndex);
     const trailer = encodePackTrailer({ indexLength: storedIndex.length, indexCrc32, version: RECORD_VERSION });
-    let body: Buffer;
-    if (into && into.length >= contents.packSize) {
-      let p = 0;
-      for (const b of this.blobs) p += b.copy(into, p);
-      p += storedIndex.copy(into, p);
-      p += trailer.copy(into, p);
-      body = into.subarray(0, p);
-    } else {
-      body = Buffer.concat([...this.blobs, storedIndex, trailer]);
-    }
-    if (body.length !== contents.packSize) throw new Error(`internal: pack size ${body.length} != ${contents.packSize}`);
+    const size = this.bytes + storedIndex.length + trailer.length;
+    if (size !== contents.packSize) throw new Error(`internal: pack size ${size} != ${contents.packSize}`);
     const indexObject = encodeIndexObject([{ packId: this.packId, crc32: indexCrc32, stored: storedIndex }], RECORD_VERSION);
-    return { packId: this.packId, body, indexObject, contents };
+    return { packId: this.packId, parts: [...this.blobs, storedIndex, trailer], size, indexObject, contents };
   }
+}
+
+/** A finished pack's object as one buffer (tests and tools; a backup hands the parts to the target). */
+export function packBody(pack: FinishedPack): Buffer {
+  return Buffer.concat(pack.parts);
 }
 
 /** Opens a stored pack index (from a pack tail or an index object) and checks it belongs to packId. */

@@ -388,7 +388,7 @@ export class Repository {
   /** Writes a pack, then its index object: a pack's chunks are reusable only once both are durable. */
   async writePack(pack: FinishedPack): Promise<void> {
     const id = pack.packId.toString('hex');
-    await this.target.put(packKey(id), pack.body, { ifNoneMatch: true });
+    await this.target.putParts(packKey(id), pack.parts, { ifNoneMatch: true });
     await this.target.put(indexKey(id), pack.indexObject, { ifNoneMatch: true });
   }
 

@@ -31,8 +31,6 @@ export interface DecodeBlobRequest {
 export type WorkerRequest =
   /** The keys and compression for the requests that follow (a pool started before the repository was open). */
   | { task: number; op: 'configure'; config: WorkerData }
-  /** `count` new buffers of `bytes`, every page already touched (see ChunkWorkers.touchedBuffers). */
-  | { task: number; op: 'buffers'; count: number; bytes: number }
   /**
    * Read `runs` of the image (back to back they are the pieces, `lengths`), and cut the pieces into
    * chunks: a piece with `joinable` set joins the previous one's chunk while that stays within
@@ -47,7 +45,6 @@ export type WorkerRequest =
 
 export type WorkerReply =
   | { task: number; op: 'configure' }
-  | { task: number; op: 'buffers'; buffers: ArrayBuffer[] }
   | { task: number; op: 'read-hash'; ids: ArrayBuffer; chunkLengths: Uint32Array; pieceChunk: Int32Array; pieceOffset: Uint32Array }
   /**
    * Per blob its body (the sealed bytes between nonce and tag; unsealed: the stored bytes) and, when
@@ -206,18 +203,6 @@ export class ChunkWorkers {
       });
     });
     return { task, reply };
-  }
-
-  /**
-   * New buffers whose pages a worker has already touched: on this project's VM, first touching fresh
-   * memory costs ~0.6 ms per MiB, which a worker waiting for its first batch pays instead of the thread
-   * that fills the buffers (a backup's pack bodies). Null when no worker thread is running.
-   */
-  async touchedBuffers(count: number, bytes: number): Promise<Buffer[] | null> {
-    if (this.workers.length === 0) return null;
-    const r = await this.submit(0, { op: 'buffers', count, bytes }).reply;
-    if (r.op !== 'buffers') throw new Error('internal: unexpected worker reply');
-    return r.buffers.map((b) => Buffer.from(b));
   }
 
   /**

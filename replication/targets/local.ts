@@ -5,7 +5,7 @@
 
 import { randomBytes } from 'node:crypto';
 import { constants as fsConstants } from 'node:fs';
-import { link, mkdir, open, readdir, rename, stat, unlink } from 'node:fs/promises';
+import { link, mkdir, open, readdir, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import {
   AlreadyExistsError,
@@ -99,6 +99,10 @@ export class LocalTarget implements Target {
   }
 
   async put(key: string, body: Buffer, options: PutOptions = {}): Promise<void> {
+    await this.putParts(key, [body], options);
+  }
+
+  async putParts(key: string, parts: readonly Uint8Array[], options: PutOptions = {}): Promise<void> {
     const path = this.pathOf(key);
     const dir = dirname(path);
     const temp = join(dir, `${TEMP_PREFIX}${randomBytes(8).toString('hex')}`);
@@ -106,11 +110,7 @@ export class LocalTarget implements Target {
       await this.ensureDir(dir);
       const fh = await open(temp, 'wx', 0o644);
       try {
-        let written = 0;
-        while (written < body.length) {
-          const { bytesWritten } = await fh.write(body, written, body.length - written, written);
-          written += bytesWritten;
-        }
+        await writeAll(fh, parts);
         await fh.sync();
       } finally {
         await fh.close();
@@ -237,6 +237,21 @@ export class LocalTarget implements Target {
   }
 
   async close(): Promise<void> {}
+}
+
+/** Writes the parts back to back from the start of the file: writev, again from where a short write stopped. */
+async function writeAll(fh: FileHandle, parts: readonly Uint8Array[]): Promise<void> {
+  let rest = parts.filter((p) => p.length > 0);
+  let position = 0;
+  while (rest.length) {
+    let { bytesWritten } = rest.length === 1 ? await fh.write(rest[0], 0, rest[0].length, position) : await fh.writev(rest as Uint8Array[], position);
+    if (bytesWritten === 0) throw new Error('the file system wrote nothing');
+    position += bytesWritten;
+    let i = 0;
+    while (i < rest.length && bytesWritten >= rest[i].length) bytesWritten -= rest[i++].length;
+    rest = rest.slice(i);
+    if (bytesWritten > 0) rest[0] = rest[0].subarray(bytesWritten);
+  }
 }
 
 export function createLocalTarget(options: LocalTargetOptions | string): LocalTarget {

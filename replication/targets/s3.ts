@@ -161,6 +161,11 @@ export class S3Target implements Target {
     }
   }
 
+  /** One body: a request signs and sends a whole buffer (and a create-only put is one request). */
+  async putParts(key: string, parts: readonly Uint8Array[], options: PutOptions = {}): Promise<void> {
+    await this.put(key, Buffer.concat(parts), options);
+  }
+
   async get(key: string, range?: ByteRange): Promise<Buffer> {
     const objectKey = this.objectKey(key);
     if (range && !(Number.isSafeInteger(range.offset) && Number.isSafeInteger(range.length) && range.offset >= 0 && range.length >= 0)) {

@@ -256,6 +256,11 @@ class SiteTarget implements Target {
     this.expect(res, [201], key);
   }
 
+  /** One body: a request carries the digest of the whole buffer it sends. */
+  async putParts(key: string, parts: readonly Uint8Array[], options: PutOptions = {}): Promise<void> {
+    await this.put(key, Buffer.concat(parts), options);
+  }
+
   async get(key: string, range?: ByteRange): Promise<Buffer> {
     if (range && (!Number.isSafeInteger(range.offset) || !Number.isSafeInteger(range.length) || range.offset < 0 || range.length < 0)) {
       throw new TargetError(`${this.description}: invalid range offset=${range.offset} length=${range.length}`, key);

@@ -18,11 +18,11 @@ import {
   encodePackTrailer,
   FormatError,
 } from '../../replication/repository/layout.js';
-import { changeBitmapFromRanges, decodeChangeBitmap, encodeChangeBitmap, markDirtyChunks } from '../../replication/repository/change-bitmap.js';
+import { changeBitmapFromRanges, decodeChangeBitmap, dirtyChunks, encodeChangeBitmap, markDirtyChunks } from '../../replication/repository/change-bitmap.js';
 import { Sealer, deriveWorkingKeys } from '../../replication/repository/crypto.js';
 import { decodeBlob, encodeBlob, BlobError, looksIncompressible } from '../../replication/repository/blob.js';
 import { BlobType, Compression, ENTROPY_SAMPLES, INCOMPRESSIBLE_BITS, RECORD_VERSION, SEAL_OVERHEAD } from '../../replication/repository/constants.js';
-import { PackBuilder, parsePackTail } from '../../replication/repository/pack.js';
+import { PackBuilder, packBody, parsePackTail } from '../../replication/repository/pack.js';
 import { ChunkIndex, packIndexHeader } from '../../replication/repository/chunk-index.js';
 import { ExtentMapBuilder, decodeExtentMap, encodeMapPages } from '../../replication/repository/extent-map.js';
 import { crc32 } from 'node:zlib';
@@ -104,6 +104,29 @@ describe('repository binary layouts', () => {
     markDirtyChunks(back, 262144, dirty);
     assert.deepEqual([...dirty], [1, 0, 1], 'a coarser chunk containing a set granule is dirty');
     assert.throws(() => decodeChangeBitmap(buf.subarray(0, 73)), /truncated or damaged/);
+  });
+
+  it('the dirty chunks of a bitmap: each chunk overlapping a set granule, once, in order, for granules finer and coarser than a chunk', () => {
+    for (const [granularity, chunkSize] of [
+      [4096, 65536],
+      [65536, 16384],
+      [512, 512],
+    ]) {
+      const size = 1000 * granularity - 100;
+      const granules = Math.ceil(size / granularity);
+      const set = Array.from({ length: 300 }, (_, i) => (i * 7919 + i * i) % granules);
+      const b = changeBitmapFromRanges(size, granularity, set.map((g) => ({ offset: g * granularity, length: 1 })));
+      // The bits at an odd byte offset, as in a bitmap read from a file after its header.
+      const bits = Buffer.alloc(b.bits.length + 3).subarray(3);
+      bits.set(b.bits);
+      const want: number[] = [];
+      for (let c = 0; c < Math.ceil(size / chunkSize); c++) {
+        const first = Math.floor((c * chunkSize) / granularity);
+        const last = Math.floor((Math.min(size, (c + 1) * chunkSize) - 1) / granularity);
+        if (set.some((g) => g >= first && g <= last)) want.push(c);
+      }
+      assert.deepEqual([...dirtyChunks({ ...b, bits }, chunkSize)], want, `granules of ${granularity}, chunks of ${chunkSize}`);
+    }
   });
 
   it('map extent: 40 bytes, blob id, offset in the blob, length; pages hold whole cells', () => {
@@ -212,12 +235,14 @@ describe('repository binary layouts', () => {
       builder.add(encodeBlob(plain, sealer.chunkId(plain), BlobType.Chunk, sealer, null));
     }
     const pack = builder.finish(sealer);
-    assert.equal(pack.body.length, pack.contents.packSize);
-    const { contents, storedIndex } = parsePackTail(pack.body, pack.packId, sealer);
+    const body = packBody(pack);
+    assert.equal(body.length, pack.contents.packSize);
+    assert.equal(pack.size, pack.contents.packSize);
+    const { contents, storedIndex } = parsePackTail(body, pack.packId, sealer);
     assert.deepEqual(contents, pack.contents);
     const [record] = decodeIndexObject(pack.indexObject, RECORD_VERSION);
     assert.ok(Buffer.from(record.stored).equals(storedIndex));
-    assert.throws(() => parsePackTail(pack.body, seededBytes('other pack', 16), sealer), /failed authentication|names a different pack/);
+    assert.throws(() => parsePackTail(body, seededBytes('other pack', 16), sealer), /failed authentication|names a different pack/);
   });
 
   it('a blob laid out from parts (nonce, body, tag) makes the same pack as the blob whole', () => {
@@ -234,11 +259,13 @@ describe('repository binary layouts', () => {
       parts.addParts(b, [s.subarray(0, 12), s.subarray(12, s.length - 16), s.subarray(s.length - 16)], s.length);
     }
     Object.assign(parts, { packId: whole.packId });
-    const a = whole.finish(sealer);
-    const b = parts.finish(sealer, Buffer.alloc(a.body.length + 100));
-    assert.deepEqual(b.contents.entries, a.contents.entries);
-    const blobBytes = a.body.length - parsePackTail(a.body, a.packId, sealer).storedIndex.length - PACK_TRAILER.size;
-    assert.ok(b.body.subarray(0, blobBytes).equals(a.body.subarray(0, blobBytes)), 'the blobs lie back to back, byte for byte');
+    const wholePack = whole.finish(sealer);
+    const partsPack = parts.finish(sealer);
+    assert.deepEqual(partsPack.contents.entries, wholePack.contents.entries);
+    const a = packBody(wholePack);
+    const b = packBody(partsPack);
+    const blobBytes = a.length - parsePackTail(a, wholePack.packId, sealer).storedIndex.length - PACK_TRAILER.size;
+    assert.ok(b.subarray(0, blobBytes).equals(a.subarray(0, blobBytes)), 'the blobs lie back to back, byte for byte');
   });
 
   it('a pack index added straight from its bytes indexes exactly what its decoded entries do', () => {

@@ -416,6 +416,7 @@ export function describeRepositorySuite(name: string, targets: RepositorySuiteTa
           if (k.startsWith(POINTS_PREFIX)) await concurrent.gc?.catch(() => undefined);
           return target.put(k, b, o);
         },
+        putParts: (k, parts, o) => target.putParts(k, parts, o),
         get: (k, r) => target.get(k, r),
         head: (k) => target.head(k),
         list: (p) => target.list(p),
@@ -455,6 +456,7 @@ export function describeRepositorySuite(name: string, targets: RepositorySuiteTa
       const wrapped: Target = {
         description: target.description,
         put: (k, b, o) => target.put(k, b, o),
+        putParts: (k, parts, o) => target.putParts(k, parts, o),
         get: (k, r) => target.get(k, r),
         head: (k) => target.head(k),
         delete: (k) => target.delete(k),

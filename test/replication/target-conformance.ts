@@ -12,6 +12,8 @@ const LARGE_OBJECT_BYTES = 20 * MiB + 12345;
 /** S3 lists at most 1000 keys per page: more than that needs continuation. */
 const MANY_KEYS = 1100;
 const CONCURRENT_CREATORS = 8;
+/** Parts of the pack put from its parts: a sealed blob is three (nonce, body, tag). */
+const PACK_PARTS = 3 * 1000 + 2;
 
 async function collect(iterable: AsyncIterable<ObjectInfo>): Promise<ObjectInfo[]> {
   const all: ObjectInfo[] = [];
@@ -130,6 +132,26 @@ export function describeTargetConformance(name: string, makeTarget: () => Promis
       await target.put(`${ns}/manifest`, Buffer.from('first writer'), { ifNoneMatch: true });
       await assert.rejects(target.put(`${ns}/manifest`, Buffer.from('second writer'), { ifNoneMatch: true }), AlreadyExistsError);
       assert.equal((await target.get(`${ns}/manifest`)).toString(), 'first writer');
+    });
+
+    it('a pack put from its parts (thousands of buffers: views, empty ones, nonce-body-tag triples) is stored as their bytes back to back, create-only', async function () {
+      this.timeout(120_000);
+      // More parts than one writev takes (IOV_MAX is 1024 on Linux), some of them views into one buffer.
+      const shared = randomBytes(64 * 1024);
+      const parts: Uint8Array[] = [];
+      for (let i = 0; i < PACK_PARTS; i++) {
+        if (i % 3 === 0) parts.push(shared.subarray(i % 1000, (i % 1000) + 12));
+        else if (i % 3 === 1) parts.push(randomBytes(i % 97 === 0 ? 0 : 1 + (i % 5000)));
+        else parts.push(new Uint8Array(shared.buffer, shared.byteOffset + 2000 + (i % 3000), 16));
+      }
+      const whole = Buffer.concat(parts);
+      await target.putParts(`${ns}/pack`, parts, { ifNoneMatch: true });
+      const got = await target.get(`${ns}/pack`);
+      assert.equal(got.length, whole.length);
+      assert.ok(got.equals(whole), 'contents differ');
+      assert.deepEqual(await target.head(`${ns}/pack`), { key: `${ns}/pack`, size: whole.length });
+      await assert.rejects(target.putParts(`${ns}/pack`, [Buffer.from('another'), Buffer.from(' writer')], { ifNoneMatch: true }), AlreadyExistsError);
+      assert.ok((await target.get(`${ns}/pack`)).equals(whole), 'the first body stays');
     });
 
     it('a create-only put succeeds again once the key has been deleted', async () => {
