@@ -17,6 +17,19 @@ export interface ByteRange {
   length: number;
 }
 
+/**
+ * An object written while its bytes are still being produced (a pack as its blobs are sealed). Nothing
+ * is visible under the key until finish() resolves, and then it is durable, exactly as after putParts.
+ */
+export interface ObjectWriter {
+  /** Appends `parts` (queued; their buffers must not change until finish() or abort() has resolved). */
+  write(parts: readonly Uint8Array[]): void;
+  /** Appends the last parts and publishes the object, durable, under its key (errors as putParts). */
+  finish(parts: readonly Uint8Array[]): Promise<void>;
+  /** Drops everything written; nothing appears under the key. */
+  abort(): Promise<void>;
+}
+
 export interface Target {
   /** Human-readable location, safe to print (no secrets). */
   readonly description: string;
@@ -27,6 +40,12 @@ export interface Target {
    * (a local target writes them with one writev; others may join them first).
    */
   putParts(key: string, parts: readonly Uint8Array[], options?: PutOptions): Promise<void>;
+  /**
+   * Optional: a writer that gets the bytes to storage as they come (a local disk writes and flushes
+   * them in the background, so publishing waits only for the last few MB). Targets that send one
+   * request per object leave it out; callers then use putParts.
+   */
+  openWriter?(key: string, options?: PutOptions): ObjectWriter;
   /** Throws NotFoundError when the key is absent. */
   get(key: string, range?: ByteRange): Promise<Buffer>;
   /** null when the key is absent. */

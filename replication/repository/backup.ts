@@ -27,6 +27,7 @@ import {
   type PointManifest,
 } from './manifest.js';
 import { PackBuilder, type FinishedPack } from './pack.js';
+import type { ObjectWriter } from '../target.js';
 import type { Repository } from './repository.js';
 import { ChunkWorkers, WorkerError, defaultWorkerCount } from './worker-pool.js';
 
@@ -196,6 +197,8 @@ class BackupRun {
   private readonly uploads = new Semaphore(UPLOAD_CONCURRENCY);
   private readonly uploading = new Set<Promise<void>>();
   private dataPack: PackBuilder;
+  /** Where the data pack's blobs are written as they are added (a local target), or null. */
+  private dataWriter: ObjectWriter | null = null;
   private metaPack: PackBuilder;
   /** Ids being written in this run but not yet durable. */
   private readonly inFlight = new Set<string>();
@@ -225,6 +228,10 @@ class BackupRun {
   /** Resolves once no upload of this run is in flight. */
   async settled(): Promise<void> {
     await Promise.allSettled([...this.uploading]);
+    // After a failure, the data pack being filled is dropped (its temporary file removed).
+    const writer = this.dataWriter;
+    this.dataWriter = null;
+    await writer?.abort().catch(() => undefined);
   }
 
   private known(id: Buffer): boolean {
@@ -240,14 +247,18 @@ class BackupRun {
     cb({ bytesDone: this.bytesDone, bytesTotal: this.bytesTotal, bytesAdded: this.bytesAdded });
   }
 
-  private async flush(builder: PackBuilder): Promise<void> {
-    if (builder.count === 0) return;
+  private async flush(builder: PackBuilder, writer: ObjectWriter | null = null): Promise<void> {
+    if (builder.count === 0) {
+      await writer?.abort();
+      return;
+    }
     await this.uploads.acquire();
-    // The pack goes to the target from its blobs' own buffers (Target.putParts): no body is laid out.
+    // The pack goes to the target from its blobs' own buffers (Target.putParts, or the rest of it through
+    // the writer that got its blobs as they were added): no body is laid out.
     const pack: FinishedPack = builder.finish(this.repo.sealer);
     const upload = (async () => {
       try {
-        await this.repo.writePack(pack);
+        await this.repo.writePack(pack, writer);
         this.index.addPack(pack.contents);
         for (const e of pack.contents.entries) this.inFlight.delete(e.id.toString('latin1'));
         this.bytesAdded += pack.size + pack.indexObject.length;
@@ -267,15 +278,32 @@ class BackupRun {
     if (this.failure) throw this.failure;
   }
 
+  /** Hands the data pack's new blobs to its writer (opened with the pack's first blobs) if the target streams. */
+  private streamData(): void {
+    if (this.dataPack.count === 0) return;
+    this.dataWriter ??= this.repo.openPackWriter(this.dataPack.packId);
+    this.dataWriter?.write(this.dataPack.takeNew());
+  }
+
+  /** Takes the data pack (and its writer) out to be flushed; a new one starts. */
+  private takeDataPack(): { pack: PackBuilder; writer: ObjectWriter | null } {
+    const taken = { pack: this.dataPack, writer: this.dataWriter };
+    this.dataPack = new PackBuilder();
+    this.dataWriter = null;
+    return taken;
+  }
+
   private async addData(blobs: { id: Buffer; parts: Buffer[]; storedLength: number; rawLength: number; crc32: number; compression: number }[]): Promise<void> {
     for (const b of blobs) {
       this.dataPack.addParts({ id: b.id, rawLength: b.rawLength, crc32: b.crc32, compression: b.compression, type: BlobType.Chunk }, b.parts, b.storedLength);
       if (this.dataPack.dataSize >= this.repo.packSize) {
-        const full = this.dataPack;
-        this.dataPack = new PackBuilder();
-        await this.flush(full);
+        const full = this.takeDataPack();
+        // More is coming: the next pack's file is opened now, to be ready when its blobs are.
+        if (full.writer) this.dataWriter = this.repo.openPackWriter(this.dataPack.packId);
+        await this.flush(full.pack, full.writer);
       }
     }
+    this.streamData();
   }
 
   /** Stores a map page or metadata blob (small; encoded on this thread). */
@@ -410,9 +438,8 @@ class BackupRun {
 
   /** Starts writing the last data pack (its upload runs while the maps are assembled). */
   async flushData(): Promise<void> {
-    const last = this.dataPack;
-    this.dataPack = new PackBuilder();
-    await this.flush(last);
+    const last = this.takeDataPack();
+    await this.flush(last.pack, last.writer);
   }
 
   /** Flushes the last packs and waits until every pack of this run is durable. */
@@ -478,16 +505,17 @@ function wholeCell(plan: ImagePlan, c: number, chunkSize: number): void {
 }
 
 /**
- * Runs of set granules inside cell c, as [start, end) byte ranges clipped to the image; null when the
- * whole cell is covered.
+ * Puts into `runs` the runs of set granules inside cell c, as [start, end) byte ranges clipped to the
+ * image; false when they cover the whole cell.
  */
-function changedRuns(bitmap: ChangeBitmap, c: number, chunkSize: number, size: number): [number, number][] | null {
+function changedRuns(bitmap: ChangeBitmap, c: number, chunkSize: number, size: number, runs: CellRuns): boolean {
   const g = bitmap.granularity;
   const cellStart = c * chunkSize;
   const cellEnd = Math.min(size, cellStart + chunkSize);
   const bits = bitmap.bits;
   const stop = Math.min(granuleCount(bitmap.diskSize, g), Math.ceil(cellEnd / g));
-  const runs: [number, number][] = [];
+  const at = runs.at;
+  let n = 0;
   for (let gr = cellStart / g; gr < stop; gr++) {
     // Eight granules at a time where the bitmap's byte is zero (most of a cell is unchanged).
     if ((gr & 7) === 0 && gr + 8 <= stop && bits[gr >> 3] === 0) {
@@ -497,12 +525,21 @@ function changedRuns(bitmap: ChangeBitmap, c: number, chunkSize: number, size: n
     if (!(bits[gr >> 3] & (1 << (gr & 7)))) continue;
     const start = gr * g;
     const end = Math.min(cellEnd, start + g);
-    const last = runs[runs.length - 1];
-    if (last && last[1] === start) last[1] = end;
-    else runs.push([start, end]);
+    if (n > 0 && at[2 * n - 1] === start) at[2 * n - 1] = end;
+    else {
+      at[2 * n] = start;
+      at[2 * n + 1] = end;
+      n++;
+    }
   }
-  if (runs.length === 1 && runs[0][0] === cellStart && runs[0][1] === cellEnd) return null;
-  return runs;
+  runs.n = n;
+  return !(n === 1 && at[0] === cellStart && at[1] === cellEnd);
+}
+
+/** The runs of one cell, as changedRuns finds them: run r is the bytes [at[2r], at[2r + 1]). */
+interface CellRuns {
+  at: Float64Array;
+  n: number;
 }
 
 /** How many of the parent's extents of cell c overlap the bytes [a, b). */
@@ -517,47 +554,55 @@ function overlapping(parent: ExtentMap, c: number, a: number, b: number): number
 }
 
 /** Extents cell c ([cellStart, cellEnd)) would hold with `runs` spliced into the parent's extents of the cell. */
-function splicedCount(parent: ExtentMap, c: number, runs: [number, number][], cellStart: number, cellEnd: number): number {
+function splicedCount(parent: ExtentMap, c: number, runs: CellRuns, cellStart: number, cellEnd: number): number {
+  const { at, n: count } = runs;
   if (parent.cellFirst[c + 1] === parent.cellFirst[c] + 1) {
     // One extent covers the cell (as in a full backup): it shows in every gap that is not empty, and
     // the gaps between runs never are.
-    return 2 * runs.length - 1 + (runs[0][0] > cellStart ? 1 : 0) + (runs[runs.length - 1][1] < cellEnd ? 1 : 0);
+    return 2 * count - 1 + (at[0] > cellStart ? 1 : 0) + (at[2 * count - 1] < cellEnd ? 1 : 0);
   }
   // Each run, and the parent's extents overlapping each gap between runs (and before the first, after the last).
-  let n = runs.length + overlapping(parent, c, cellStart, runs[0][0]) + overlapping(parent, c, runs[runs.length - 1][1], cellEnd);
-  for (let i = 1; i < runs.length; i++) n += overlapping(parent, c, runs[i - 1][1], runs[i][0]);
+  let n = count + overlapping(parent, c, cellStart, at[0]) + overlapping(parent, c, at[2 * count - 1], cellEnd);
+  for (let i = 1; i < count; i++) n += overlapping(parent, c, at[2 * i - 1], at[2 * i]);
   return n;
 }
 
 /**
- * The runs to read in cell c so that splicing them into the parent's extents leaves at most
- * MAX_EXTENTS_PER_CELL extents: the changed runs, widened over the shortest gaps of unchanged bytes
- * (read again and stored with the run) until the cell fits. Null when they end up covering the whole
- * cell (it is read whole). A cell whose runs are a granule or two of a 64 KiB chunk reads a few KiB
- * more instead of the whole chunk.
+ * Fits `runs` (the runs to read in cell c) so that splicing them into the parent's extents leaves at
+ * most MAX_EXTENTS_PER_CELL extents: the changed runs are widened over the shortest gaps of unchanged
+ * bytes (read again and stored with the run) until the cell fits. False when they end up covering the
+ * whole cell (it is read whole). A cell whose runs are a granule or two of a 64 KiB chunk reads a few
+ * KiB more instead of the whole chunk.
  */
-function fittedRuns(parent: ExtentMap, c: number, runs: [number, number][], cellStart: number, cellEnd: number): [number, number][] | null {
+function fittedRuns(parent: ExtentMap, c: number, runs: CellRuns, cellStart: number, cellEnd: number): boolean {
+  const at = runs.at;
   while (splicedCount(parent, c, runs, cellStart, cellEnd) > MAX_EXTENTS_PER_CELL) {
-    // Gap g lies before run g; gap runs.length after the last run. Every gap that is not empty overlaps
+    // Gap g lies before run g; gap runs.n after the last run. Every gap that is not empty overlaps
     // at least one parent extent, so closing one always lowers the count.
+    const n = runs.n;
     let best = -1;
     let bestLength = Infinity;
-    for (let g = 0; g <= runs.length; g++) {
-      const a = g === 0 ? cellStart : runs[g - 1][1];
-      const b = g === runs.length ? cellEnd : runs[g][0];
+    for (let g = 0; g <= n; g++) {
+      const a = g === 0 ? cellStart : at[2 * g - 1];
+      const b = g === n ? cellEnd : at[2 * g];
       if (b > a && b - a < bestLength) {
         best = g;
         bestLength = b - a;
       }
     }
-    if (best === 0) runs[0][0] = cellStart;
-    else if (best === runs.length) runs[runs.length - 1][1] = cellEnd;
+    if (best === 0) at[0] = cellStart;
+    else if (best === n) at[2 * n - 1] = cellEnd;
     else {
-      runs[best - 1][1] = runs[best][1];
-      runs.splice(best, 1);
+      // Run best joins run best - 1; the later runs move down one.
+      at[2 * best - 1] = at[2 * best + 1];
+      for (let i = best; i < n - 1; i++) {
+        at[2 * i] = at[2 * i + 2];
+        at[2 * i + 1] = at[2 * i + 3];
+      }
+      runs.n = n - 1;
     }
   }
-  return runs.length === 1 && runs[0][0] === cellStart && runs[0][1] === cellEnd ? null : runs;
+  return !(runs.n === 1 && at[0] === cellStart && at[1] === cellEnd);
 }
 
 /**
@@ -683,6 +728,8 @@ async function planImage(
   // Granules finer than the chunk grid: only the changed runs are read (an image holding only the
   // changed blocks never gets here: its granules are at least a chunk, see changedOnlyUnusable).
   const fine = bitmap.granularity < cs && !bitmap.changedOnly;
+  // One cell's runs at a time (a cell of G granules has at most G / 2 + 1 runs).
+  const runs: CellRuns = { at: new Float64Array(2 * (Math.ceil(cs / bitmap.granularity) + 2)), n: 0 };
   // Only the cells the bitmap marks and those naming a blob the index no longer holds (its pack is
   // gone or condemned; such a cell is read again, whole) are visited: every other cell takes the
   // parent's extents as they are (CellAction.Copy).
@@ -700,15 +747,13 @@ async function planImage(
       continue;
     }
     d++;
-    const changed = fine && reusable ? changedRuns(bitmap, c, cs, size) : null;
-    const runs = changed && fittedRuns(parent, c, changed, c * cs, Math.min(size, (c + 1) * cs));
-    if (!runs) {
+    if (!(fine && reusable && changedRuns(bitmap, c, cs, size, runs) && fittedRuns(parent, c, runs, c * cs, Math.min(size, (c + 1) * cs)))) {
       wholeCell(plan, c, cs);
       continue;
     }
     plan.cellAction[c] = CellAction.Splice;
     plan.acted.push(c);
-    for (let r = 0; r < runs.length; r++) addPiece(plan, runs[r][0], runs[r][1] - runs[r][0], true);
+    for (let r = 0; r < runs.n; r++) addPiece(plan, runs.at[2 * r], runs.at[2 * r + 1] - runs.at[2 * r], true);
   }
   for (let c = firstChanged; c < cells; c++) wholeCell(plan, c, cs);
   // What is taken over from the parent: its counts (checked against its map when it was read) less

@@ -33,6 +33,8 @@ export interface FinishedPack {
   packId: Buffer;
   /** The pack object is these buffers back to back (the blobs' own, then its index and trailer). */
   parts: Buffer[];
+  /** The parts not handed out by takeNew() (what is left to write when the pack was streamed). */
+  unsent: Buffer[];
   /** Its bytes (contents.packSize). */
   size: number;
   /** The index object for this pack. */
@@ -46,6 +48,7 @@ export class PackBuilder {
   private readonly blobs: Buffer[] = [];
   private readonly entries: PackIndexEntry[] = [];
   private bytes = 0;
+  private taken = 0;
 
   get dataSize(): number {
     return this.bytes;
@@ -84,6 +87,13 @@ export class PackBuilder {
     this.bytes += storedLength;
   }
 
+  /** The blobs' buffers added since the last call (for writing the pack while it fills). */
+  takeNew(): Buffer[] {
+    const fresh = this.blobs.slice(this.taken);
+    this.taken = this.blobs.length;
+    return fresh;
+  }
+
   /** Lays out the pack: its blobs as they were added (not copied), then its sealed index and trailer. */
   finish(sealer: Sealer): FinishedPack {
     const plainIndexLength = PACK_INDEX_HEADER.size + this.entries.length * PACK_INDEX_ENTRY.size;
@@ -100,7 +110,8 @@ export class PackBuilder {
     const size = this.bytes + storedIndex.length + trailer.length;
     if (size !== contents.packSize) throw new Error(`internal: pack size ${size} != ${contents.packSize}`);
     const indexObject = encodeIndexObject([{ packId: this.packId, crc32: indexCrc32, stored: storedIndex }], RECORD_VERSION);
-    return { packId: this.packId, parts: [...this.blobs, storedIndex, trailer], size, indexObject, contents };
+    const parts = [...this.blobs, storedIndex, trailer];
+    return { packId: this.packId, parts, unsent: parts.slice(this.taken), size, indexObject, contents };
   }
 }
 

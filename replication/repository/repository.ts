@@ -2,7 +2,7 @@
 // manifests. Operations (backup, restore, verify, forget, gc) build on this class.
 
 import { randomBytes } from 'node:crypto';
-import { AlreadyExistsError, NotFoundError, type Target } from '../target.js';
+import { AlreadyExistsError, NotFoundError, type ObjectWriter, type Target } from '../target.js';
 import { BlobError, decodeBlob, encodeBlob } from './blob.js';
 import { ChunkIndex, PACK_RANK, packIndexHeader, type BlobLocation, type PackIndexHeader } from './chunk-index.js';
 import { Semaphore, mapLimit } from './concurrency.js';
@@ -385,10 +385,22 @@ export class Repository {
     }
   }
 
-  /** Writes a pack, then its index object: a pack's chunks are reusable only once both are durable. */
-  async writePack(pack: FinishedPack): Promise<void> {
+  /**
+   * A writer for a pack still filling (its blobs' buffers go to it with PackBuilder.takeNew, the rest
+   * with writePack), or null when the target takes an object in one request only.
+   */
+  openPackWriter(packId: Buffer): ObjectWriter | null {
+    return this.target.openWriter?.(packKey(packId.toString('hex')), { ifNoneMatch: true }) ?? null;
+  }
+
+  /**
+   * Writes a pack (the rest of it, through `writer` if it was streamed), then its index object: a pack's
+   * chunks are reusable only once both are durable.
+   */
+  async writePack(pack: FinishedPack, writer: ObjectWriter | null = null): Promise<void> {
     const id = pack.packId.toString('hex');
-    await this.target.putParts(packKey(id), pack.parts, { ifNoneMatch: true });
+    if (writer) await writer.finish(pack.unsent);
+    else await this.target.putParts(packKey(id), pack.parts, { ifNoneMatch: true });
     await this.target.put(indexKey(id), pack.indexObject, { ifNoneMatch: true });
   }
 

@@ -63,6 +63,29 @@ describe('local directory target', () => {
     await writes;
   });
 
+  it('an object written while it is produced (a pack as its blobs are sealed) appears only when finished, whole; an aborted one leaves nothing', async () => {
+    const t = createLocalTarget(dir);
+    const parts = Array.from({ length: 40 }, (_, i) => Buffer.alloc(256 * 1024, i));
+    const w = t.openWriter('packs/ab/streamed', { ifNoneMatch: true });
+    for (let i = 0; i < 36; i += 4) w.write(parts.slice(i, i + 4));
+    await new Promise((r) => setTimeout(r, 20));
+    assert.equal(await t.head('packs/ab/streamed'), null, 'not visible before finish');
+    assert.deepEqual(await keys(t, 'packs/'), [], 'the temporary file is not listed');
+    await w.finish(parts.slice(36));
+    assert.ok((await t.get('packs/ab/streamed')).equals(Buffer.concat(parts)));
+    assert.deepEqual(readdirSync(join(dir, 'packs', 'ab')), ['streamed'], 'no temporary file is left behind');
+
+    const loser = t.openWriter('packs/ab/streamed', { ifNoneMatch: true });
+    loser.write([Buffer.from('another writer')]);
+    await assert.rejects(loser.finish([]), AlreadyExistsError);
+    const dropped = t.openWriter('packs/cd/dropped', { ifNoneMatch: true });
+    dropped.write(parts.slice(0, 8));
+    await dropped.abort();
+    assert.equal(await t.head('packs/cd/dropped'), null);
+    assert.deepEqual(readdirSync(join(dir, 'packs', 'ab')), ['streamed']);
+    assert.deepEqual(readdirSync(join(dir, 'packs', 'cd')), [], 'the aborted writer removed its temporary file');
+  });
+
   it('ignores temporary files of interrupted puts and refuses keys that leave the directory', async () => {
     const t = createLocalTarget(dir);
     await t.put('index/x', Buffer.from('x'));

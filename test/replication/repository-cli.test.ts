@@ -71,6 +71,27 @@ async function waitForIndexObjects(repoDir: string, count: number, child: ChildP
   throw new Error('no pack appeared within 60 s');
 }
 
+/** Waits until a pack is being written: a temporary file of at least 1 MiB under packs/. */
+async function waitForHalfWrittenPack(repoDir: string, child: ChildProcess): Promise<void> {
+  const packs = join(repoDir, 'packs');
+  const halfWritten = () =>
+    readdirSync(packs).some((d) =>
+      readdirSync(join(packs, d)).some((n) => {
+        try {
+          return n.startsWith('.tmp-') && statSync(join(packs, d, n)).size >= MiB;
+        } catch {
+          return false; // published or removed meanwhile
+        }
+      }),
+    );
+  for (let i = 0; i < 6000; i++) {
+    if (halfWritten()) return;
+    if (child.exitCode !== null) throw new Error('the backup ended before a pack was seen half written');
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  throw new Error('no pack was seen half written within 30 s');
+}
+
 describe('lifeboat repository commands', function () {
   this.timeout(300_000);
   let dir: string;
@@ -216,6 +237,32 @@ describe('lifeboat repository commands', function () {
     assert.deepEqual(points.map((p) => p.id), [again.point]);
     const v = json<{ errors: number }>(['verify', '--target', repo, '--read-data']);
     assert.equal(v.errors, 0);
+    const out = join(dir, 'out.img');
+    ok(['restore', again.point, '--target', repo, '--to', out]);
+    assert.ok(sameFile(img, out));
+  });
+
+  it('packs are written while the image is read: kill -9 with a pack half written, run again: nothing half-written is used, the repository verifies and restores', async () => {
+    ok(['repo', 'init', '--target', repo]);
+    const img = join(dir, 'big.img');
+    const size = 96 * MiB;
+    writeImage(img, size, [{ offset: 0, data: seededBytes('streamed', size) }]);
+
+    const first = startBackup([img, '--target', repo, '--json']);
+    await waitForIndexObjects(repo, 1, first.child);
+    await waitForHalfWrittenPack(repo, first.child);
+    first.child.kill('SIGKILL');
+    assert.equal((await first.done).status, null, 'the backup was killed, it did not finish');
+    assert.deepEqual(json<unknown[]>(['points', 'list', '--target', repo]), [], 'no half point is listed');
+    const stored = await Repository.open(createLocalTarget(repo), { secret: { passphrase: PASSWORD } });
+    const chunksStored = (await stored.loadIndex()).size;
+    assert.ok(chunksStored > 0, 'the first pack is durable');
+    assert.equal(json<{ errors: number }>(['verify', '--target', repo, '--read-data']).errors, 0, 'what the dead run left verifies');
+
+    const again = json<{ point: string; chunksReused: number; chunksNew: number }>(['backup', img, '--target', repo]);
+    assert.equal(again.chunksReused, chunksStored, 'every chunk of the durable packs is reused, nothing of a half-written one');
+    assert.equal(again.chunksReused + again.chunksNew, size / 65536 + 1, 'the rest, and the map page, are new');
+    assert.equal(json<{ errors: number }>(['verify', '--target', repo, '--read-data']).errors, 0);
     const out = join(dir, 'out.img');
     ok(['restore', again.point, '--target', repo, '--to', out]);
     assert.ok(sameFile(img, out));
