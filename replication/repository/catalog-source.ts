@@ -18,15 +18,25 @@ function reference(index: ChunkIndex, id: Buffer, context: string): ChunkReferen
   return { id: id.toString('hex'), size: loc.rawLength, storedSize: loc.storedLength, pack: loc.packId };
 }
 
-/** Where in map.records the blob ids of cell c's extents with data start, each id once, into `out`. */
-function cellIdOffsets(map: ExtentMap, c: number, out: number[]): number[] {
-  out.length = 0;
-  for (let k = map.cellFirst[c]; k < map.cellFirst[c + 1]; k++) {
+/**
+ * Where in map.records the blob ids of cell c's extents with data start, each id once: into out[0,
+ * count), the count returned (`out` is scratch reused from cell to cell, never shortened).
+ */
+function cellIdOffsets(map: ExtentMap, c: number, out: number[]): number {
+  const records = map.records;
+  let n = 0;
+  for (let k = map.cellFirst[c], end = map.cellFirst[c + 1]; k < end; k++) {
     if (map.isZero(k)) continue;
     const at = map.idAt(k);
-    if (!out.some((b) => sameId(map.records, at, map.records, b))) out.push(at);
+    if (!holdsId(out, n, records, records, at)) out[n++] = at;
   }
-  return out;
+  return n;
+}
+
+/** Whether one of the ids at offsets list[0, n) of `listRecords` is the id at `at` of `records` (a loop: no closure per test). */
+function holdsId(list: readonly number[], n: number, listRecords: Buffer, records: Buffer, at: number): boolean {
+  for (let i = 0; i < n; i++) if (sameId(listRecords, list[i], records, at)) return true;
+  return false;
 }
 
 /** The blob id at `at` in map.records, as lowercase hex. */
@@ -77,7 +87,8 @@ export function chunkUseChanges(
   const count = (id: string, d: number) => net.set(id, (net.get(id) ?? 0) + d);
   const idsAt: number[] = [];
   const countCell = (map: ExtentMap, c: number, d: number) => {
-    for (const at of cellIdOffsets(map, c, idsAt)) count(hexIdAt(map, at), d);
+    const n = cellIdOffsets(map, c, idsAt);
+    for (let i = 0; i < n; i++) count(hexIdAt(map, idsAt[i]), d);
   };
   const wasAt: number[] = [];
   const nowAt: number[] = [];
@@ -96,10 +107,10 @@ export function chunkUseChanges(
         // parent's blob beside the new one): compared as bytes, formatted only when they differ.
         const was = cellIdOffsets(before, c, wasAt);
         const now = cellIdOffsets(map, c, nowAt);
-        for (const at of was) if (!now.some((b) => sameId(before.records, at, map.records, b))) count(hexIdAt(before, at), -1);
-        for (const at of now) if (!was.some((b) => sameId(map.records, at, before.records, b))) count(hexIdAt(map, at), +1);
+        for (let i = 0; i < was; i++) if (!holdsId(nowAt, now, map.records, before.records, wasAt[i])) count(hexIdAt(before, wasAt[i]), -1);
+        for (let i = 0; i < now; i++) if (!holdsId(wasAt, was, before.records, map.records, nowAt[i])) count(hexIdAt(map, nowAt[i]), +1);
       };
-      if (cells) for (const c of cells) compare(c);
+      if (cells) for (let j = 0; j < cells.length; j++) compare(cells[j]);
       else for (let c = 0; c < map.cells; c++) compare(c);
     } else {
       for (let c = 0; c < map.cells; c++) countCell(map, c, +1);
@@ -126,7 +137,8 @@ function chunkReferences(pointId: string, manifest: PointManifest, maps: ExtentM
     const context = `point ${pointId} ${label}`;
     const map = maps[i];
     for (let c = 0; c < map.cells; c++) {
-      for (const at of cellIdOffsets(map, c, idsAt)) chunks.push(reference(index, map.records.subarray(at, at + CHUNK_ID_BYTES), context));
+      const n = cellIdOffsets(map, c, idsAt);
+      for (let j = 0; j < n; j++) chunks.push(reference(index, map.records.subarray(idsAt[j], idsAt[j] + CHUNK_ID_BYTES), context));
     }
     for (const page of image.pages) chunks.push(reference(index, Buffer.from(page, 'hex'), context));
   }

@@ -217,12 +217,12 @@ export class ExtentMapBuilder {
     const from = map.cellFirst[fromCell];
     const to = map.cellFirst[toCell];
     this.reserve(to - from);
-    this.records.set(map.records.subarray(from * E.size, to * E.size), this.n * E.size);
-    this.offsets.set(map.offsets.subarray(from, to), this.n);
-    this.lengths.set(map.lengths.subarray(from, to), this.n);
-    this.zeros.set(map.zeros.subarray(from, to), this.n);
+    copyRange(this.records, this.n * E.size, map.records, from * E.size, to * E.size);
+    copyRange(this.offsets, this.n, map.offsets, from, to);
+    copyRange(this.lengths, this.n, map.lengths, from, to);
+    copyRange(this.zeros, this.n, map.zeros, from, to);
     // The same grid: the cells' extents start at the same image offsets as in `map`.
-    this.positions.set(map.positions.subarray(from, to), this.n);
+    copyRange(this.positions, this.n, map.positions, from, to);
     const shift = this.n - from;
     for (let c = fromCell + 1; c <= toCell; c++) this.cellFirst[c] = map.cellFirst[c] + shift;
     this.n += to - from;
@@ -257,6 +257,18 @@ export class ExtentMapBuilder {
 export function sameId(a: Uint8Array, at: number, b: Uint8Array, bt: number): boolean {
   for (let i = 0; i < CHUNK_ID_BYTES; i++) if (a[at + i] !== b[bt + i]) return false;
   return true;
+}
+
+/** Below this many elements a range is copied in a loop: a view per copy would cost more (an incremental copies thousands of short runs of cells). */
+const COPY_LOOP_MAX = 256;
+
+/** dst[dstAt...] = src[from, to), without a view of src for short ranges. */
+function copyRange<T extends Uint8Array | Uint32Array | Float64Array>(dst: T, dstAt: number, src: T, from: number, to: number): void {
+  if (to - from > COPY_LOOP_MAX) {
+    dst.set(src.subarray(from, to), dstAt);
+    return;
+  }
+  for (let i = from; i < to; i++) dst[dstAt + i - from] = src[i];
 }
 
 /** A copy of `a`'s first `used` elements in an array of the same type holding `capacity`. */

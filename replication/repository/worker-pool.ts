@@ -110,6 +110,8 @@ export class ChunkWorkers {
   private config: WorkerData;
   /** The local lane (see addLocalLane): requests to lane workers.length run on this thread. */
   private local: ReturnType<typeof chunkWork> | null = null;
+  /** The local lane's requests not yet run (the first is running or next). */
+  private readonly localQueue: (() => void)[] = [];
 
   /**
    * Starts `count` workers. Without keys (undefined) they only load their code: configure() gives them
@@ -194,16 +196,29 @@ export class ChunkWorkers {
         this.workers[worker].postMessage(message, transfer);
         return;
       }
-      setImmediate(() => {
+      this.localQueue.push(() => {
         try {
           this.settle(local(message).reply);
         } catch (err) {
           this.settle({ task, op: 'error', message: err instanceof Error ? err.message : String(err) });
         }
       });
+      if (this.localQueue.length === 1) setImmediate(this.runLocal);
     });
     return { task, reply };
   }
+
+  /**
+   * Runs the local lane's next request, one per turn of the event loop: between two (each takes
+   * milliseconds), the loop delivers I/O completions and the workers' replies, so pack writes and the
+   * other lanes are not held up behind a run of local requests.
+   */
+  private readonly runLocal = (): void => {
+    const next = this.localQueue[0];
+    next();
+    this.localQueue.shift();
+    if (this.localQueue.length) setImmediate(this.runLocal);
+  };
 
   /**
    * Reads runs of an image file (fd), cuts the pieces they hold (lengths) into chunks (see the
