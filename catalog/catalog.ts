@@ -59,6 +59,9 @@ export function openCatalog(path: string, options: OpenCatalogOptions = {}): Cat
     db.pragma('foreign_keys = ON');
     db.pragma('busy_timeout = 5000');
     db.pragma('synchronous = FULL');
+    // Sorts and temporary B-trees (recording a point's chunk delta makes some) in memory, not in a file
+    // created under /var/tmp for each: they are transient, and the catalog holds no secrets.
+    db.pragma('temp_store = MEMORY');
     checkNotNewer(db, path);
     applyMigrations(db, now);
     return new Catalog(db, path, now);
