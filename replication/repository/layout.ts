@@ -135,20 +135,42 @@ export function encodePackIndex(index: PackIndexContents, version: number): Buff
 }
 
 /** Throws FormatError naming what is wrong. */
-export function decodePackIndex(buf: Buffer, version: number): PackIndexContents {
+/** What a pack index's header says (PACK_INDEX_HEADER), read without decoding its entries. */
+export interface PackIndexHeader {
+  packId: Buffer;
+  packSize: number;
+  createdMs: number;
+  count: number;
+}
+
+/**
+ * The header of a pack index's plaintext, with the record checked as a whole: magic, version, and a
+ * length that holds exactly its entries. Throws FormatError.
+ */
+export function packIndexHeader(buf: Buffer, version: number): PackIndexHeader {
   const H = PACK_INDEX_HEADER;
-  const E = PACK_INDEX_ENTRY;
   if (buf.length < H.size || !buf.subarray(H.magic, H.magic + 4).equals(PACK_INDEX_MAGIC)) {
     throw new FormatError('not a pack index (bad magic)');
   }
   const v = buf.readUInt16LE(H.version);
   if (v !== version) throw new FormatError(`pack index version ${v} is not supported (expected ${version})`);
   const count = buf.readUInt32LE(H.entryCount);
-  if (buf.length !== H.size + count * E.size) {
-    throw new FormatError(`pack index holds ${buf.length} bytes, expected ${H.size + count * E.size} for ${count} entries`);
+  if (buf.length !== H.size + count * PACK_INDEX_ENTRY.size) {
+    throw new FormatError(`pack index holds ${buf.length} bytes, expected ${H.size + count * PACK_INDEX_ENTRY.size} for ${count} entries`);
   }
+  return {
+    packId: Buffer.from(buf.subarray(H.packId, H.packId + PACK_ID_BYTES)),
+    packSize: Number(buf.readBigUInt64LE(H.packSize)),
+    createdMs: Number(buf.readBigUInt64LE(H.createdMs)),
+    count,
+  };
+}
+
+export function decodePackIndex(buf: Buffer, version: number): PackIndexContents {
+  const { packId, packSize, createdMs, count } = packIndexHeader(buf, version);
+  const E = PACK_INDEX_ENTRY;
   const entries: PackIndexEntry[] = new Array(count);
-  let p = H.size;
+  let p = PACK_INDEX_HEADER.size;
   for (let i = 0; i < count; i++, p += E.size) {
     entries[i] = {
       id: buf.subarray(p + E.id, p + E.id + CHUNK_ID_BYTES), // a view: the entries keep buf alive
@@ -160,12 +182,7 @@ export function decodePackIndex(buf: Buffer, version: number): PackIndexContents
       compression: buf.readUInt8(p + E.compression),
     };
   }
-  return {
-    packId: Buffer.from(buf.subarray(H.packId, H.packId + PACK_ID_BYTES)),
-    packSize: Number(buf.readBigUInt64LE(H.packSize)),
-    createdMs: Number(buf.readBigUInt64LE(H.createdMs)),
-    entries,
-  };
+  return { packId, packSize, createdMs, entries };
 }
 
 export interface PackTrailer {

@@ -4,7 +4,7 @@
 import { randomBytes } from 'node:crypto';
 import { AlreadyExistsError, NotFoundError, type ObjectWriter, type Target } from '../target.js';
 import { BlobError, decodeBlob, encodeBlob } from './blob.js';
-import { ChunkIndex, PACK_RANK, packIndexHeader, type BlobLocation, type PackIndexHeader } from './chunk-index.js';
+import { ChunkIndex, PACK_RANK, type BlobLocation } from './chunk-index.js';
 import { Semaphore, mapLimit } from './concurrency.js';
 import {
   BlobType,
@@ -50,7 +50,7 @@ import {
   WrongKeyError,
 } from './errors.js';
 import { createKeyObject, decodeKeyObject, newMasterKey, unwrapKeyObject, type KeyObject, type KeySecret } from './keys.js';
-import { FormatError, decodeIndexObject, type PackIndexContents } from './layout.js';
+import { FormatError, decodeIndexObject, decodePackIndex, packIndexHeader, type PackIndexContents, type PackIndexHeader } from './layout.js';
 import { decodeExtentMap, type ExtentMap } from './extent-map.js';
 import { decodeManifest, encodeManifest, type ImageEntry, type PointManifest } from './manifest.js';
 import { openPackIndex, openPackIndexPlain, type FinishedPack } from './pack.js';
@@ -313,19 +313,8 @@ export class Repository {
 
   /** The pack indexes held by one index object. Throws CorruptDataError naming the object. */
   async readIndexObject(indexId: string): Promise<PackIndexContents[]> {
-    let buf: Buffer;
-    try {
-      buf = await this.target.get(indexKey(indexId));
-    } catch (err) {
-      if (err instanceof NotFoundError) throw new MissingObjectError(`index object ${indexKey(indexId)} is missing`);
-      throw err;
-    }
-    try {
-      return decodeIndexObject(buf, RECORD_VERSION).map((r) => openPackIndex(Buffer.from(r.stored), r.crc32, r.packId, this.sealer));
-    } catch (err) {
-      if (err instanceof FormatError) throw new CorruptDataError(`index object ${indexKey(indexId)} is damaged: ${err.message}`);
-      throw err;
-    }
+    // readPackIndexes checked each record's header, which covers everything decoding can refuse.
+    return (await this.readPackIndexes(indexId)).map(({ plain }) => decodePackIndex(plain, RECORD_VERSION));
   }
 
   /**
@@ -359,8 +348,9 @@ export class Repository {
   }
 
   /**
-   * readIndexObject() without decoding each entry: the pack indexes' checked plaintexts and headers
-   * (for ChunkIndex.addPackIndex). Uses the object prefetched while opening, if there is one.
+   * The pack indexes of an index object, without decoding each entry: their checked plaintexts and
+   * headers (for ChunkIndex.addPackIndex; readIndexObject decodes them). Uses the object prefetched
+   * while opening, if there is one.
    */
   private async readPackIndexes(indexId: string): Promise<{ header: PackIndexHeader; plain: Buffer }[]> {
     const early = this.prefetched?.get(indexId);

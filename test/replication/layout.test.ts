@@ -17,13 +17,14 @@ import {
   encodePackIndex,
   encodePackTrailer,
   FormatError,
+  packIndexHeader,
 } from '../../replication/repository/layout.js';
 import { changeBitmapFromRanges, decodeChangeBitmap, dirtyChunks, encodeChangeBitmap, markDirtyChunks } from '../../replication/repository/change-bitmap.js';
 import { Sealer, deriveWorkingKeys } from '../../replication/repository/crypto.js';
 import { decodeBlob, encodeBlob, BlobError, looksIncompressible } from '../../replication/repository/blob.js';
 import { BlobType, Compression, ENTROPY_SAMPLES, INCOMPRESSIBLE_BITS, RECORD_VERSION, SEAL_OVERHEAD } from '../../replication/repository/constants.js';
 import { PackBuilder, packBody, parsePackTail } from '../../replication/repository/pack.js';
-import { ChunkIndex, packIndexHeader } from '../../replication/repository/chunk-index.js';
+import { ChunkIndex } from '../../replication/repository/chunk-index.js';
 import { ExtentMapBuilder, decodeExtentMap, encodeMapPages } from '../../replication/repository/extent-map.js';
 import { crc32 } from 'node:zlib';
 import { seededBytes, compressibleBytes } from './images.js';
