@@ -13,7 +13,7 @@ import { ChangeBitmapError, dirtyChunks, granuleCount, type ChangeBitmap } from 
 import { Semaphore } from './concurrency.js';
 import { readCondemned } from './condemned.js';
 import { BlobType, CHUNK_ID_BYTES, MAP_PAGE_CELLS, MAX_EXTENTS_PER_CELL } from './constants.js';
-import { ExtentMapBuilder, encodeMapPages, type ExtentMap } from './extent-map.js';
+import { ExtentMapBuilder, encodeMapPages, zeroIdAt, type ExtentMap } from './extent-map.js';
 import { InputError, PointNotFoundError, RepositoryError } from './errors.js';
 import { MAP_EXTENT } from './layout.js';
 import { Lease } from './leases.js';
@@ -533,13 +533,18 @@ function changedRuns(bitmap: ChangeBitmap, c: number, chunkSize: number, size: n
     }
   }
   runs.n = n;
-  return !(n === 1 && at[0] === cellStart && at[1] === cellEnd);
+  return !coversCell(runs, cellStart, cellEnd);
 }
 
 /** The runs of one cell, as changedRuns finds them: run r is the bytes [at[2r], at[2r + 1]). */
 interface CellRuns {
   at: Float64Array;
   n: number;
+}
+
+/** Whether `runs` is one run over the whole cell [cellStart, cellEnd). */
+function coversCell(runs: CellRuns, cellStart: number, cellEnd: number): boolean {
+  return runs.n === 1 && runs.at[0] === cellStart && runs.at[1] === cellEnd;
 }
 
 /** How many of the parent's extents of cell c overlap the bytes [a, b). */
@@ -602,7 +607,7 @@ function fittedRuns(parent: ExtentMap, c: number, runs: CellRuns, cellStart: num
       runs.n = n - 1;
     }
   }
-  return !(runs.n === 1 && at[0] === cellStart && at[1] === cellEnd);
+  return !coversCell(runs, cellStart, cellEnd);
 }
 
 /**
@@ -870,7 +875,7 @@ async function checkPacksStillThere(repo: Repository, index: ChunkIndex, plans: 
     // A piece that does not start its chunk (runs joined into one) is in the chunk of an earlier piece
     // that does: only those are looked up.
     for (let i = 0, at = 0, n = p.piecePos.length; i < n; i++, at += CHUNK_ID_BYTES) {
-      if (offsets[i] === 0 && !isZeroId(ids, at)) need(ids, at);
+      if (offsets[i] === 0 && !zeroIdAt(ids, at)) need(ids, at);
     }
   }
   for (const img of images) for (const page of img.pages) need(Buffer.from(page, 'hex'), 0);
@@ -881,17 +886,6 @@ async function checkPacksStillThere(repo: Repository, index: ChunkIndex, plans: 
       throw new RepositoryError(`pack ${packId}, which this backup uses, was deleted while it ran (its lease had lapsed); run the backup again`);
     }
   }
-}
-
-/** The id at bytes[at, at + 32) is the zero id (a piece of zeros). */
-function isZeroId(bytes: Buffer, at: number): boolean {
-  for (let i = 0; i < CHUNK_ID_BYTES; i++) if (bytes[at + i] !== 0) return false;
-  return true;
-}
-
-/** The cells of a plan that do not take the parent's extents as they are. */
-function cellsNotCopied(plan: ImagePlan): Uint32Array {
-  return Uint32Array.from(plan.acted);
 }
 
 function bytesToRead(plan: ImagePlan): number {
@@ -964,7 +958,8 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       trace(`${p.label}: map assembled (${p.map.count} extents)`);
       if (p.parentMap && p.parentImage) {
         parentMaps.set(imageMapKey(p.parentImage), p.parentMap);
-        changedCells.push({ parentKey: imageMapKey(p.parentImage), cells: cellsNotCopied(p) });
+        // The cells that do not take the parent's extents as they are.
+        changedCells.push({ parentKey: imageMapKey(p.parentImage), cells: Uint32Array.from(p.acted) });
       } else {
         changedCells.push(null);
       }

@@ -36,7 +36,8 @@ function recordWords(records: Buffer, at: number, length: number): Uint32Array {
   return words;
 }
 
-function zeroAt(records: Uint8Array, at: number): boolean {
+/** Whether the blob id at bytes[at, at + 32) is the zero id (an extent of zeros). */
+export function zeroIdAt(records: Uint8Array, at: number): boolean {
   for (let i = 0; i < CHUNK_ID_BYTES; i++) if (records[at + i] !== 0) return false;
   return true;
 }
@@ -173,7 +174,7 @@ export class ExtentMapBuilder {
 
   /** add() of the id at idBytes[idAt, idAt + 32) (null: zeros), without a view of it. */
   addAt(idBytes: Uint8Array | null, idAt: number, offset: number, length: number): void {
-    const zero = idBytes === null || zeroAt(idBytes, idAt);
+    const zero = idBytes === null || zeroIdAt(idBytes, idAt);
     if (!(length > 0) || !Number.isInteger(length)) throw new FormatError(`the extent at image offset ${this.pos} has length ${length}`);
     if (zero && offset !== 0) throw new FormatError(`the zero extent at image offset ${this.pos} has blob offset ${offset}`);
     if (this.cell >= this.cells) throw new FormatError(`an extent at image offset ${this.pos} lies beyond the image's ${this.size} bytes`);

@@ -59,17 +59,7 @@ export class PackBuilder {
   }
 
   add(blob: EncodedBlob): void {
-    this.entries.push({
-      id: blob.id,
-      offset: this.bytes,
-      storedLength: blob.stored.length,
-      rawLength: blob.rawLength,
-      crc32: blob.crc32,
-      type: blob.type,
-      compression: blob.compression,
-    });
-    this.blobs.push(blob.stored);
-    this.bytes += blob.stored.length;
+    this.addParts(blob, [blob.stored], blob.stored.length);
   }
 
   /** add() for a blob whose stored form is the concatenation of `parts` (laid out back to back). */
