@@ -18,16 +18,12 @@ import {
   ProgressLine,
   formatBytes,
   formatDuration,
-  openTargetFromArgs,
   parse,
   printJson,
-  readSecret,
   targetSpec,
-  userErrors,
   wholeNumber,
-  type withRepository,
+  withRepository,
 } from './repository-cli.js';
-import { Repository } from '../../../replication/repository/repository.js';
 
 const help = `Usage: lifeboat backup IMAGE [IMAGE...] --target T [--vm NAME] [--disk NAME]... [--bitmap FILE]...
                        [--parent POINT | --full] [--consistency KIND] [--memory FILE] [--json]
@@ -61,20 +57,6 @@ ${KEY_HELP}
   --workers N           threads hashing, compressing and sealing chunks (default: one per core)
 ${CATALOG_HELP}
   --json                print the result as JSON`;
-
-/**
- * withRepository (repository-cli.ts), opened with the index objects read while the passphrase's key is
- * derived: the backup loads the index right after.
- */
-async function withRepositoryPrefetching<T>(values: Parameters<typeof withRepository>[0], fn: (repo: Repository) => Promise<T>): Promise<T> {
-  const secret = readSecret(values);
-  const target = await openTargetFromArgs(values);
-  try {
-    return await userErrors(async () => fn(await Repository.open(target, { secret, prefetchIndex: true })));
-  } finally {
-    await target.close().catch(() => undefined);
-  }
-}
 
 /** LIFEBOAT_TRACE=1: milestones on stderr, in ms since the process started. */
 function trace(milestone: string): void {
@@ -165,7 +147,8 @@ export const backupCommand: Command = {
     const workerPool = new ChunkWorkers(undefined, null, earlyWorkerCount(workers ?? defaultWorkerCount()));
     let result: BackupResult;
     try {
-      result = await withRepositoryPrefetching(values, async (repo) => {
+      // The index objects are read while the passphrase's key is derived: the backup loads the index right after.
+      result = await withRepository(values, async (repo) => {
         trace('repository open');
         const target = catalogTarget(spec, repo.id);
         catalog.startJob({ kind: 'backup', target, vmId: vmName });
@@ -225,7 +208,7 @@ export const backupCommand: Command = {
         );
         trace('point recorded in the catalog');
         return point;
-      }).finally(() => progress.done());
+      }, { prefetchIndex: true }).finally(() => progress.done());
     } catch (err) {
       catalog.close();
       throw err;

@@ -8,7 +8,7 @@ import { TargetError, type Target } from '../../../replication/target.js';
 import { openTarget, TargetSpecError } from '../../../replication/targets/open.js';
 import { RepositoryError } from '../../../replication/repository/errors.js';
 import { KeyFileError, validateKeyFile, type KeySecret } from '../../../replication/repository/keys.js';
-import { Repository } from '../../../replication/repository/repository.js';
+import { Repository, type OpenOptions } from '../../../replication/repository/repository.js';
 import { UsageError, UserError } from '../command.js';
 
 export const TARGET_HELP = `  --target T            where the repository lives (or LIFEBOAT_TARGET): a directory, file:PATH,
@@ -88,15 +88,19 @@ export async function openTargetFromArgs(values: { target?: string }): Promise<T
   return userErrors(() => openTarget(spec));
 }
 
-/** Opens the repository named by --target with the user's key; the caller closes the target. */
+/**
+ * Opens the repository named by --target with the user's key and runs fn on it, then closes the target.
+ * `open`: Repository.open's other options (a backup reads the index objects while the key is derived).
+ */
 export async function withRepository<T>(
   values: { target?: string; 'password-file'?: string; 'key-file'?: string },
   fn: (repo: Repository) => Promise<T>,
+  open: Omit<OpenOptions, 'secret'> = {},
 ): Promise<T> {
   const secret = readSecret(values);
   const target = await openTargetFromArgs(values);
   try {
-    return await userErrors(async () => fn(await Repository.open(target, { secret })));
+    return await userErrors(async () => fn(await Repository.open(target, { ...open, secret })));
   } finally {
     await target.close().catch(() => undefined);
   }
