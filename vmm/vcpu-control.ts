@@ -63,12 +63,17 @@ export function vcpuCount(control: Int32Array): number {
   return control[control.length - 1]!;
 }
 
+/** Wakes vCPU `index` if it is parked: it reads its request and its commands again. */
+export function wakeVcpu(control: Int32Array, index: number): void {
+  const wake = index * VCPU_CONTROL_WORDS + WAKE;
+  Atomics.add(control, wake, 1);
+  Atomics.notify(control, wake);
+}
+
 /** Sets vCPU `index`'s request and wakes it if it is parked. */
 export function requestVcpu(control: Int32Array, index: number, value: number): void {
-  const base = index * VCPU_CONTROL_WORDS;
-  Atomics.store(control, base + REQUEST, value);
-  Atomics.add(control, base + WAKE, 1);
-  Atomics.notify(control, base + WAKE);
+  Atomics.store(control, index * VCPU_CONTROL_WORDS + REQUEST, value);
+  wakeVcpu(control, index);
 }
 
 /** Slice of a vCPU's wait at the save gate, after which it checks whether it was asked to stop. */
@@ -117,9 +122,5 @@ export function allocateMachineEvents(): SharedArrayBuffer {
 
 /** Asks every vCPU to stop at its next exit (any thread; the main thread then kicks them). */
 export function requestStopAll(control: Int32Array): void {
-  for (let i = 0; i < vcpuCount(control) * VCPU_CONTROL_WORDS; i += VCPU_CONTROL_WORDS) {
-    Atomics.store(control, i + REQUEST, STOP);
-    Atomics.add(control, i + WAKE, 1);
-    Atomics.notify(control, i + WAKE);
-  }
+  for (let i = 0; i < vcpuCount(control); i++) requestVcpu(control, i, STOP);
 }

@@ -165,9 +165,7 @@ export class VcpuThread {
   }
 
   private request(value: number): void {
-    Atomics.store(this.control, this.base + ctl.REQUEST, value);
-    Atomics.add(this.control, this.base + ctl.WAKE, 1);
-    Atomics.notify(this.control, this.base + ctl.WAKE);
+    ctl.requestVcpu(this.control, this.index, value);
   }
 
   /** Makes KVM_RUN return now (or at once if the vCPU is about to enter it). */
@@ -228,8 +226,7 @@ export class VcpuThread {
       }
       this.commands.once('message', (r: VcpuCommandResult) => resolve(r));
       this.commands.postMessage(command);
-      Atomics.add(this.control, this.base + ctl.WAKE, 1);
-      Atomics.notify(this.control, this.base + ctl.WAKE);
+      ctl.wakeVcpu(this.control, this.index);
     }));
     this.commandChain = next.catch(() => {});
     return next;

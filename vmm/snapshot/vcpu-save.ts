@@ -89,10 +89,7 @@ export class VcpuSave {
     Atomics.notify(this.words, this.shared + ctl.SAVE_GATE);
     for (let i = 0; i < this.count; i++) {
       const base = i * ctl.VCPU_CONTROL_WORDS;
-      if (Atomics.compareExchange(this.words, base + ctl.REQUEST, ctl.PAUSE_SAVE, ctl.RUN) === ctl.PAUSE_SAVE) {
-        Atomics.add(this.words, base + ctl.WAKE, 1);
-        Atomics.notify(this.words, base + ctl.WAKE);
-      }
+      if (Atomics.compareExchange(this.words, base + ctl.REQUEST, ctl.PAUSE_SAVE, ctl.RUN) === ctl.PAUSE_SAVE) ctl.wakeVcpu(this.words, i);
     }
   }
 
