@@ -89,10 +89,8 @@ export class MemoryFileWriter {
     return () => {
       let from = 0;
       for (const [first, count] of runs) {
-        const len = count * PAGE_SIZE;
-        writeFully(this.fd, copy.subarray(from, from + len), DATA_OFFSET + first * PAGE_SIZE);
-        from += len;
-        this.bytesWritten += len;
+        this.writeRun(first, count, copy, from);
+        from += count * PAGE_SIZE;
       }
       this.present.orWith(pages);
     };
@@ -110,10 +108,10 @@ export class MemoryFileWriter {
     this.writePages(nonZero);
   }
 
-  private writeRun(first: number, count: number): void {
-    const off = first * PAGE_SIZE;
+  /** Writes pages [first, first + count) from `source` at byte `at` (by default guest memory itself). */
+  private writeRun(first: number, count: number, source: Buffer = this.view, at = first * PAGE_SIZE): void {
     const len = count * PAGE_SIZE;
-    writeFully(this.fd, this.view.subarray(off, off + len), DATA_OFFSET + off);
+    writeFully(this.fd, source.subarray(at, at + len), DATA_OFFSET + first * PAGE_SIZE);
     this.bytesWritten += len;
   }
 
