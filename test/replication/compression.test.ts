@@ -11,10 +11,12 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { crc32 } from 'node:zlib';
 import { backup } from '../../replication/repository/backup.js';
+import type { ChunkIndex } from '../../replication/repository/chunk-index.js';
 import { BlobError, decodeBlob, encodeBlob } from '../../replication/repository/blob.js';
 import { BlobType, Compression, DEFAULT_COMPRESSION, INDEX_PREFIX, RECORD_VERSION, indexKey, packKey } from '../../replication/repository/constants.js';
 import { Sealer, deriveWorkingKeys } from '../../replication/repository/crypto.js';
 import { CorruptDataError } from '../../replication/repository/errors.js';
+import type { ExtentMap } from '../../replication/repository/extent-map.js';
 import type { KeySecret } from '../../replication/repository/keys.js';
 import { decodeIndexObject, decodePackIndex, encodeIndexObject, encodePackIndex } from '../../replication/repository/layout.js';
 import { openPackIndexPlain } from '../../replication/repository/pack.js';
@@ -88,6 +90,16 @@ describe('blob compression', function () {
     return Repository.init(createLocalTarget(join(dir, name)), { secret, packSize: MiB, ...(compression ? { compression } : {}) });
   }
 
+  /** Backs up `data` as disk 'vda' of VM 'vm' (an image of exactly those bytes): the point, the index and the disk's extent map. */
+  async function backedUp(repo: Repository, data: Buffer): Promise<{ pointId: string; index: ChunkIndex; map: ExtentMap }> {
+    const img = join(dir, 'disk.img');
+    writeImage(img, data.length, [{ offset: 0, data }]);
+    const { pointId } = await backup(repo, { vm: { name: 'vm' }, disks: [{ name: 'vda', path: img }] });
+    const index = await repo.loadIndex();
+    const map = await repo.readExtentMap((await repo.readManifest(pointId)).disks[0], index, 'test');
+    return { pointId, index, map };
+  }
+
   /** Compression ids of every chunk blob the index holds, counted. */
   async function compressionIds(repo: Repository): Promise<Map<number, number>> {
     const counts = new Map<number, number>();
@@ -153,12 +165,8 @@ describe('blob compression', function () {
 
   it('stored lz4 data is a u32 LE length followed by one LZ4 block, as the format document says', async () => {
     const repo = await init('lz4', null);
-    const img = join(dir, 'disk.img');
     const text = compressibleBytes('layout', 3 * 65536 + 777);
-    writeImage(img, text.length, [{ offset: 0, data: text }]);
-    const { pointId } = await backup(repo, { vm: { name: 'vm' }, disks: [{ name: 'vda', path: img }] });
-    const index = await repo.loadIndex();
-    const map = await repo.readExtentMap((await repo.readManifest(pointId)).disks[0], index, 'test');
+    const { index, map } = await backedUp(repo, text);
     for (let cell = 0; cell < 4; cell++) {
       const loc = index.get(map.id(cell))!;
       assert.equal(loc.compression, Compression.Lz4);
@@ -202,11 +210,7 @@ describe('blob compression', function () {
   for (const secret of [PASSPHRASE, null]) {
     it(`a flipped byte in an lz4 chunk makes restore and verify name the point, disk and chunk offset (${secret ? 'encrypted' : 'unencrypted'})`, async () => {
       const repo = await init('lz4', secret);
-      const img = join(dir, 'disk.img');
-      writeImage(img, 4 * MiB, [{ offset: 0, data: compressibleBytes('flip', 4 * MiB) }]);
-      const { pointId } = await backup(repo, { vm: { name: 'vm' }, disks: [{ name: 'vda', path: img }] });
-      const index = await repo.loadIndex();
-      const map = await repo.readExtentMap((await repo.readManifest(pointId)).disks[0], index, 'test');
+      const { pointId, index, map } = await backedUp(repo, compressibleBytes('flip', 4 * MiB));
       const loc = index.get(map.id(5))!;
       assert.equal(loc.compression, Compression.Lz4);
       const pack = await repo.target.get(packKey(loc.packId));
@@ -225,11 +229,7 @@ describe('blob compression', function () {
 
   it('an lz4 blob whose CRC was forged to match its damage is still refused by restore, naming the chunk', async () => {
     const repo = await init('lz4', null);
-    const img = join(dir, 'disk.img');
-    writeImage(img, 2 * MiB, [{ offset: 0, data: compressibleBytes('forged', 2 * MiB) }]);
-    const { pointId } = await backup(repo, { vm: { name: 'vm' }, disks: [{ name: 'vda', path: img }] });
-    const index = await repo.loadIndex();
-    const map = await repo.readExtentMap((await repo.readManifest(pointId)).disks[0], index, 'test');
+    const { pointId, index, map } = await backedUp(repo, compressibleBytes('forged', 2 * MiB));
     const loc = index.get(map.id(2))!;
     const pack = await repo.target.get(packKey(loc.packId));
     pack.writeUInt32LE(loc.rawLength * 1000, loc.offset); // the size prefix: would make a reader allocate 64 MB
@@ -256,11 +256,7 @@ describe('blob compression', function () {
     );
 
     const repo = await init('lz4', null);
-    const img = join(dir, 'disk.img');
-    writeImage(img, MiB, [{ offset: 0, data: compressibleBytes('unknown', MiB) }]);
-    const { pointId } = await backup(repo, { vm: { name: 'vm' }, disks: [{ name: 'vda', path: img }] });
-    const index = await repo.loadIndex();
-    const map = await repo.readExtentMap((await repo.readManifest(pointId)).disks[0], index, 'test');
+    const { pointId, index, map } = await backedUp(repo, compressibleBytes('unknown', MiB));
     const loc = index.get(map.id(0))!;
     await rewriteIndexEntries(repo.target, loc.packId, (e) => {
       if (e.id.equals(loc.id)) e.compression = 9;
